@@ -1,0 +1,44 @@
+"""Loaders for the shipped shapes-world models (weights live inside the package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
+def _folder(path: str | Path | None, name: str) -> Path:
+    folder = Path(path) if path is not None else WEIGHTS / name
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"shapes {name!r} weights not found at {folder}. They ship inside the package: reinstall it "
+            f"(pip install -e .), or retrain them (README, 'Reproducing the shapes models')."
+        )
+    return folder
+
+
+def load_pipeline(path: str | Path | None = None, **kwargs):
+    """The SD-family shapes model as a stock ``diffusers.StableDiffusionPipeline`` (DDIM scheduler)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(_folder(path, "sd"), **kwargs)
+
+
+def load_flow_pipeline(path: str | Path | None = None, **kwargs):
+    """The rectified-flow twin as a stock ``diffusers.StableDiffusion3Pipeline`` (no T5 encoder)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    kwargs.setdefault("text_encoder_3", None)
+    kwargs.setdefault("tokenizer_3", None)
+    return StableDiffusion3Pipeline.from_pretrained(_folder(path, "flow"), **kwargs)
+
+
+def load_reward(path: str | Path | None = None, device: str | torch.device = "cpu"):
+    """The shapes open_clip reward, as a :class:`steer.rewards.clip.OpenCLIPScore`."""
+    from ..rewards.clip import OpenCLIPScore
+
+    reward = OpenCLIPScore(str(_folder(path, "reward")), device=device)
+    reward.name = "shapes_clip"
+    return reward
