@@ -31,7 +31,7 @@ from ..shapes.tokenizer import build_tokenizer
 from ..shapes.world import scene_for_record
 from .shapes_t2i import CONFIGS, EMA, _hardware, _log, _save_ckpt
 
-K_NEGATIVES = 6
+K_NEGATIVES = 3
 
 
 def write_checkpoint_dir(out: Path, state_dict: dict | None = None) -> None:
@@ -155,8 +155,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, default=Path("runs/shapes"))
     p.add_argument("--export", type=Path, help="copy the trained reward to FOLDER/reward")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -230,6 +230,8 @@ def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr:
             _log(stage, {"stage": kind, "step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - t0, 1)})
         if step % save_every == 0 or step == steps:
             _save_ckpt(ckpt, model=modules.state_dict(), opt=opt.state_dict(), ema=ema.shadow, step=step, elapsed=time.time() - t0, rng=torch.get_rng_state())
+        if step % 1000 == 0:  # EMA milestones, to compare training lengths
+            _save_ckpt(stage / f"ema_{step}.pt", ema=ema.shadow, step=step)
     ema.copy_to(params)
     _export_pipeline(kind, stage / "final", vae, tok, denoiser, encoders, sched)
     (stage / "meta.json").write_text(json.dumps({"steps": steps, "batch": batch, "lr": lr, "seconds": round(time.time() - t0, 1), "hardware": _hardware()}))
