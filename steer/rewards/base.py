@@ -35,6 +35,12 @@ class Reward(torch.nn.Module):
         with ctx:
             return self.score(images, list(prompts))
 
+    def normalized(self, mean: float, std: float) -> "Reward":
+        """This reward as ``(score - mean) / std`` (a :class:`~steer.rewards.composite.Normalized` wrapper)."""
+        from .composite import Normalized
+
+        return Normalized(self, mean, std)
+
     @property
     def device(self) -> torch.device:
         p = next(self.parameters(), None)

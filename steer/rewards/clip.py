@@ -3,62 +3,92 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .base import Reward
+from .preprocess import OPENAI_MEAN, OPENAI_STD, as_size, normalize_images
+from .weights import weights_not_found
 
 
-def _offline_hint(what: str, err: Exception) -> RuntimeError:
-    return RuntimeError(
-        f"could not load {what}: {err}. The weights are not available locally. Download them once where "
-        "the hub is reachable (they land in the Hugging Face cache), or pass a local folder / checkpoint path."
-    )
+def open_clip_name(model: str | Path) -> str:
+    """``model`` as an open_clip identifier: an existing folder becomes ``local-dir:/abs/path``."""
+    model = str(model)
+    if not model.startswith(("local-dir:", "hf-hub:")) and Path(model).is_dir():
+        return f"local-dir:{Path(model).resolve()}"
+    return model
+
+
+def load_open_clip(model: str | Path, pretrained: str | None, device: str | torch.device = "cpu") -> tuple[Any, Any, dict]:
+    """``(model, tokenizer, preprocess_cfg)`` of an open_clip model, in eval mode and frozen.
+
+    ``pretrained`` (a tag or a checkpoint file) applies to plain model names only; ``local-dir:``
+    and ``hf-hub:`` identifiers carry their own weights. Missing weights raise
+    :class:`~steer.rewards.weights.RewardWeightsNotFound`.
+    """
+    import open_clip
+
+    name = open_clip_name(model)
+    with_schema = name.startswith(("local-dir:", "hf-hub:"))
+    try:
+        net = open_clip.create_model(name, pretrained=None if with_schema else pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(name)
+    except (FileNotFoundError, OSError, RuntimeError) as e:
+        hub = (open_clip.get_pretrained_cfg(name, pretrained or "") or {}).get("hf_hub", "") if not with_schema else ""
+        repo = hub.strip("/") or (name.removeprefix("hf-hub:") if name.startswith("hf-hub:") else None)
+        raise weights_not_found(f"open_clip model {name!r} (pretrained={pretrained!r})", e, repo_id=repo) from e
+    net.eval().requires_grad_(False)
+    return net, tokenizer, dict(open_clip.get_model_preprocess_cfg(net))
 
 
 class OpenCLIPScore(Reward):
     """Cosine similarity of open_clip image and text embeddings, times ``scale`` (CLIPScore).
 
     Args:
-        model: an open_clip model name (``"ViT-B-32"``), ``"hf-hub:org/repo"``, or
+        model: an open_clip model name (``"ViT-B-32"``), ``"hf-hub:org/repo"``, a folder, or
             ``"local-dir:/path"`` (a folder with ``open_clip_config.json``, weights, tokenizer).
         pretrained: pretrained tag or checkpoint path, for plain model names.
         scale: multiplier of the cosine (CLIPScore uses 100, or 2.5 with clipping at 0).
+        dtype: optional dtype to cast the model to (e.g. ``torch.float16`` on GPU).
     """
 
     name = "clip"
     differentiable = True
 
-    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", scale: float = 100.0, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model: str = "ViT-B-32",
+        pretrained: str | None = "openai",
+        scale: float = 100.0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__()
-        import open_clip
+        self._setup(*load_open_clip(model, pretrained, device), scale=scale, device=device, dtype=dtype)
 
-        if Path(model).is_dir():
-            model = f"local-dir:{Path(model).resolve()}"
-        try:
-            self.model = open_clip.create_model(model, pretrained=pretrained if not model.startswith(("local-dir:", "hf-hub:")) else None, device=device)
-            self.tokenizer = open_clip.get_tokenizer(model)
-        except (FileNotFoundError, OSError, RuntimeError) as e:
-            raise _offline_hint(f"open_clip model {model!r} (pretrained={pretrained!r})", e) from e
-        self.model.eval().requires_grad_(False)
-        cfg = open_clip.get_model_preprocess_cfg(self.model)
-        size = cfg.get("size", self.model.visual.image_size)
-        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))).view(1, 3, 1, 1))
+    def _setup(self, model, tokenizer, cfg: dict, scale: float, device: str | torch.device, dtype: torch.dtype | None) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        if dtype is not None:
+            self.model.to(dtype)
+        self.image_size = as_size(cfg.get("size", self.model.visual.image_size))
+        dt = dtype or torch.float32
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", OPENAI_MEAN), dtype=dt, device=device).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.get("std", OPENAI_STD), dtype=dt, device=device).view(1, 3, 1, 1))
         self.scale = scale
+        self.resize_mode = "crop"
         self._text_cache: dict[str, torch.Tensor] = {}
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Differentiable resize (bicubic, antialiased) + normalisation of [0, 1] images."""
-        x = images.to(self.mean.device, self.mean.dtype)
-        if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bicubic", antialias=True, align_corners=False)
-        return (x - self.mean) / self.std
+        """Differentiable resize (bicubic, antialiased) + centre crop + normalisation of [0, 1] images."""
+        return normalize_images(images, self.image_size, self.mean, self.std, mode=self.resize_mode)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings ``(B, D)`` of [0, 1] images."""
+        return self.model.encode_image(self.preprocess(images), normalize=True)
 
     def text_features(self, prompts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text embeddings ``(B, D)``, cached per prompt."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
             with torch.no_grad():
@@ -67,5 +97,5 @@ class OpenCLIPScore(Reward):
         return torch.stack([self._text_cache[p] for p in prompts])
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        img = self.model.encode_image(self.preprocess(images), normalize=True)
-        return self.scale * (img * self.text_features(prompts).to(img.dtype)).sum(-1)
+        img = self.image_features(images)
+        return (self.scale * (img * self.text_features(prompts).to(img.device, img.dtype)).sum(-1)).float()
