@@ -1,0 +1,191 @@
+"""The model-adapter interface: everything a search method needs from a pipeline family.
+
+An adapter wraps an *unmodified* diffusers pipeline and uses its own components (prompt
+encoding, noise schedule, denoiser, VAE). Methods are written once against this interface
+and never branch on the model family.
+
+State conventions:
+
+* a *particle* is one row of a latent batch ``x`` of shape ``(B, *latent_shape)``;
+* ``cond.select(prompt_index)`` gives each particle its prompt's conditioning, so a batch
+  may hold any mix of prompts and may shrink (pruning) or be rebuilt from stored states
+  (tree search) between steps;
+* step ``i`` maps the state at ``schedule[i]`` to the state at ``schedule[i + 1]``;
+  ``i`` runs over ``range(num_steps)``; any stored ``(x, i)`` can be resumed;
+* :meth:`ModelAdapter.step` is differentiable when called with grad enabled (noise
+  optimisation); it draws its noise from each particle's own ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+
+@dataclass
+class Conditioning:
+    """Encoded prompts. Every tensor has a leading batch dimension (prompts, or particles after :meth:`select`).
+
+    ``cond`` and ``uncond`` map the denoiser's keyword names (e.g. ``encoder_hidden_states``,
+    ``pooled_projections``, ``added_cond_kwargs.text_embeds``) to tensors; ``uncond`` is
+    ``None`` when classifier-free guidance is off.
+    """
+
+    cond: dict[str, torch.Tensor]
+    uncond: dict[str, torch.Tensor] | None
+    guidance_scale: float
+    prompts: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)  # non-batched, e.g. image ids for FLUX
+
+    @property
+    def do_cfg(self) -> bool:
+        return self.uncond is not None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> "Conditioning":
+        """Rows ``index`` (one per particle)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+
+        def pick(d):
+            return None if d is None else {k: v[idx.to(v.device)] for k, v in d.items()}
+
+        return Conditioning(pick(self.cond), pick(self.uncond), self.guidance_scale, [self.prompts[i] for i in idx.tolist()], self.extra)
+
+
+@dataclass
+class StepOutput:
+    """Result of one denoising step: the next state and the prediction of the clean latent."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+@dataclass
+class Counters:
+    """Compute spent through an adapter: particle-steps (NFE), denoiser rows, decodes."""
+
+    nfe: int = 0  # denoising steps taken, summed over particles (CFG counts once)
+    denoiser_rows: int = 0  # rows the denoiser actually ran on (CFG counts twice)
+    decodes: int = 0  # latents decoded to images
+
+    def reset(self) -> None:
+        self.nfe = self.denoiser_rows = self.decodes = 0
+
+
+class ModelAdapter(ABC):
+    """One pipeline family. Subclasses set :attr:`family` and implement the abstract methods."""
+
+    family: ClassVar[str] = "base"
+    #: whether transitions can be stochastic (needed by resampling methods)
+    supports_stochastic: ClassVar[bool] = True
+
+    def __init__(self, pipe, *, eta: float = 1.0, max_batch: int | None = None):
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.pipe = pipe
+        self.eta = float(eta)
+        self.max_batch = max_batch
+        self.counters = Counters()
+
+    # ---------------------------------------------------------------- discovery
+    @classmethod
+    @abstractmethod
+    def matches(cls, pipe) -> bool:
+        """Whether this adapter handles ``pipe``."""
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return self.pipe._execution_device
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype:
+        """Dtype of the denoiser."""
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
+    # ---------------------------------------------------------------- prompts and schedule
+    @abstractmethod
+    def encode(
+        self,
+        prompts: Sequence[str],
+        *,
+        negative_prompt: str | Sequence[str] | None = None,
+        guidance_scale: float = 5.0,
+        height: int | None = None,
+        width: int | None = None,
+        **kwargs,
+    ) -> Conditioning:
+        """Encode prompts with the pipeline's own text encoders (one row per prompt)."""
+
+    @abstractmethod
+    def set_schedule(self, num_inference_steps: int, *, height: int | None = None, width: int | None = None, **kwargs) -> None:
+        """Prepare the pipeline's noise schedule for ``num_inference_steps`` steps."""
+
+    @property
+    @abstractmethod
+    def num_steps(self) -> int:
+        """Number of steps of the current schedule."""
+
+    @abstractmethod
+    def noise_level(self, i: int) -> float:
+        """Noise level before step ``i`` on a common scale: 1 = pure noise, 0 = clean (``num_steps`` → 0)."""
+
+    # ---------------------------------------------------------------- sampling
+    @abstractmethod
+    def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
+        """Shape of one particle's state (without the batch dimension)."""
+
+    def initial_noise(self, generators: Sequence[torch.Generator], height: int | None = None, width: int | None = None) -> torch.Tensor:
+        """The starting state of one particle per generator (drawn on CPU, so seeds give the same noise on any device)."""
+        shape = self.latent_shape(height, width)
+        x = torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in generators])
+        return self.scale_initial_noise(x.to(self.device, self.dtype))
+
+    def scale_initial_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Map standard normal noise to the state at ``schedule[0]``."""
+        return noise
+
+    @abstractmethod
+    def predict(self, x: torch.Tensor, i: int, cond: Conditioning) -> torch.Tensor:
+        """Guided denoiser output at step ``i`` in the family's native parameterisation (batched, CFG applied)."""
+
+    @abstractmethod
+    def transition(self, x: torch.Tensor, i: int, model_output: torch.Tensor, noise: torch.Tensor | None, eta: float) -> StepOutput:
+        """Pure update from ``x`` at step ``i`` given the denoiser output and optional standard noise."""
+
+    def step(self, x: torch.Tensor, i: int, cond: Conditioning, generators: Sequence[torch.Generator] | None = None, eta: float | None = None) -> StepOutput:
+        """One denoising step for a batch of particles (``cond`` already selected per particle)."""
+        if len(cond) != x.shape[0]:
+            raise ValueError(f"conditioning has {len(cond)} rows but the state has {x.shape[0]}: call cond.select(prompt_index)")
+        eta = self.eta if eta is None else eta
+        out = self.predict(x, i, cond)
+        noise = None
+        if eta > 0 and i + 1 < self.num_steps:
+            if generators is None or len(generators) != x.shape[0]:
+                raise ValueError("a stochastic step needs one torch.Generator per particle")
+            noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device, dtype=torch.float32) for g in generators]).to(x.device, x.dtype)
+        self.counters.nfe += x.shape[0]
+        return self.transition(x, i, out, noise, eta)
+
+    def predict_x0(self, x: torch.Tensor, i: int, cond: Conditioning) -> torch.Tensor:
+        """x̂₀ of a batch at step ``i`` (one denoiser call, no state change)."""
+        return self.transition(x, i, self.predict(x, i, cond), None, 0.0).pred_original_sample
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` in [0, 1] from clean-latent predictions (differentiable)."""
+
+    # ---------------------------------------------------------------- helpers
+    def _chunks(self, n: int):
+        size = self.max_batch or n
+        for s in range(0, n, size):
+            yield slice(s, min(n, s + size))
