@@ -83,6 +83,8 @@ class ModelAdapter(ABC):
     family: ClassVar[str] = "base"
     #: whether transitions can be stochastic (needed by resampling methods)
     supports_stochastic: ClassVar[bool] = True
+    #: default noise level for methods that need stochastic transitions (resampling)
+    stochastic_eta: ClassVar[float] = 1.0
 
     def __init__(self, pipe, *, eta: float = 1.0, max_batch: int | None = None):
         if eta < 0:

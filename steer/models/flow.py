@@ -21,6 +21,8 @@ from .sd import _negatives
 class _FlowAdapter(ModelAdapter):
     """Shared schedule, transition and decoding of flow-matching pipelines."""
 
+    stochastic_eta = 0.5  # ρ: the fraction of fresh noise in each step's noise component
+
     def __init__(self, pipe, *, eta: float = 1.0, max_batch: int | None = None):
         super().__init__(pipe, eta=eta, max_batch=max_batch)
         self._t: torch.Tensor = torch.empty(0)

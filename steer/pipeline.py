@@ -1,0 +1,212 @@
+"""``steer.wrap``: reward-guided search on a stock diffusers pipeline, behind the usual call."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from diffusers.utils import BaseOutput
+
+from .models.registry import get_adapter
+from .rewards.base import Reward
+from .search import METHODS, get_method
+from .search.base import Problem
+from .search.trace import Budget, BudgetExceeded, Trace
+
+#: call options handled by the engine (everything else goes to the method or the prompt encoder)
+ENGINE_OPTIONS = ("num_particles", "eta", "max_nfe", "max_reward_calls", "max_batch", "reward_batch", "return_all")
+
+
+@dataclass
+class SteeredPipelineOutput(BaseOutput):
+    """The pipeline's usual ``images`` plus the final ``rewards`` of those images and the search ``trace``."""
+
+    images: Any
+    rewards: list[float]
+    trace: Trace
+
+
+def _method_option_names(name: str) -> set[str]:
+    return set(inspect.signature(METHODS[name].__init__).parameters) - {"self", "options"}
+
+
+def _resolve_reward(reward, device) -> Reward:
+    if reward is None:
+        raise ValueError("steer needs a reward: pass reward='clip' (see steer.rewards.available_rewards()) or a steer.rewards.Reward instance")
+    if isinstance(reward, str):
+        from .rewards import get_reward
+
+        reward = get_reward(reward, device=device)
+    if not isinstance(reward, Reward):
+        raise TypeError(f"reward must be a name or a steer.rewards.Reward, got {type(reward).__name__}")
+    return reward.to(device)
+
+
+def _generators(generator, num_prompts: int, n: int) -> tuple[list[torch.Generator], list[torch.Generator]]:
+    """One CPU generator per particle and one per prompt (resampling), derived deterministically from ``generator``."""
+    total = num_prompts * n
+
+    def make(seeds):
+        return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    if generator is None:
+        seeds = torch.randint(0, 2**62, (total + num_prompts,))
+        return make(seeds[:total]), make(seeds[total:])
+    if isinstance(generator, torch.Generator):
+        seeds = torch.randint(0, 2**62, (total + num_prompts,), generator=generator, device=generator.device).cpu()
+        return make(seeds[:total]), make(seeds[total:])
+    gens = list(generator)
+    if len(gens) == total:  # one per particle, as a plain pipeline call takes one per image
+        return gens, make([g.initial_seed() + 7919 for g in gens[::n]])
+    if len(gens) == num_prompts:  # one per prompt
+        parts, res = [], []
+        for g in gens:
+            seeds = torch.randint(0, 2**62, (n + 1,), generator=g, device=g.device).cpu()
+            parts += make(seeds[:n])
+            res += make(seeds[n:])
+        return parts, res
+    raise ValueError(f"got {len(gens)} generators for {num_prompts} prompts × {n} particles: pass one generator, one per prompt, or one per particle")
+
+
+class SteeredPipeline:
+    """A diffusers pipeline whose ``__call__`` runs a search method with a reward.
+
+    Attribute access falls through to the wrapped pipeline (``.unet``, ``.scheduler``, ``.to()``...).
+    """
+
+    def __init__(self, pipe, method: str = "smc", reward: str | Reward | None = None, **options):
+        self.pipe = pipe
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(sorted(set(METHODS)))}")
+        self.method = method
+        self.adapter = get_adapter(pipe)  # raises for unsupported families
+        self.defaults = dict(options)
+        self._split(self.defaults)  # validate option names now
+        get_method(method, **self._split(self.defaults)[1])  # and values
+        self.reward = _resolve_reward(reward, self.adapter.device)
+
+    def __getattr__(self, name):
+        if name == "pipe":
+            raise AttributeError(name)
+        return getattr(self.pipe, name)
+
+    def __repr__(self) -> str:
+        return f"SteeredPipeline(method={self.method!r}, reward={getattr(self.reward, 'name', '?')!r}, pipe={type(self.pipe).__name__})"
+
+    def to(self, *args, **kwargs) -> "SteeredPipeline":
+        self.pipe.to(*args, **kwargs)
+        self.reward.to(self.adapter.device)
+        return self
+
+    def _split(self, options: dict) -> tuple[dict, dict, dict]:
+        """(engine, method, encoder) options; unknown names raise."""
+        names = _method_option_names(self.method)
+        engine = {k: v for k, v in options.items() if k in ENGINE_OPTIONS}
+        method = {k: v for k, v in options.items() if k in names}
+        rest = {k: v for k, v in options.items() if k not in engine and k not in method}
+        return engine, method, rest
+
+    def _default(self, name: str, fallback):
+        p = inspect.signature(self.pipe.__call__).parameters.get(name)
+        return p.default if p is not None and p.default is not inspect.Parameter.empty and p.default is not None else fallback
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        **options,
+    ) -> SteeredPipelineOutput | tuple:
+        """Steered generation: one image per prompt (the selected particle), or all particles with ``return_all=True``.
+
+        Method options (e.g. ``potential``, ``lam``, ``interval``) and engine options
+        (``num_particles``, ``eta``, ``max_nfe``, ``max_reward_calls``, ``max_batch``,
+        ``reward_batch``, ``return_all``) override those given to :func:`wrap`.
+        """
+        if prompt is None or (not isinstance(prompt, str) and len(prompt) == 0):
+            raise ValueError("pass a prompt or a list of prompts")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        if options.get("num_images_per_prompt", 1) != 1:
+            raise ValueError("num_images_per_prompt is not supported: use num_particles (and return_all=True for every particle)")
+        options.pop("num_images_per_prompt", None)
+        engine, method_opts, encoder_opts = self._split({**self.defaults, **options})
+        method = get_method(self.method, **method_opts)
+        steps = int(num_inference_steps or self._default("num_inference_steps", 25))
+        guidance = float(self._default("guidance_scale", 5.0) if guidance_scale is None else guidance_scale)
+        budget = Budget(engine.get("max_nfe"), engine.get("max_reward_calls"))
+        n = engine.get("num_particles")
+        if n is None:
+            n = 4 if budget.nfe is None else budget.nfe // (steps * len(prompts))
+            if n < 1:
+                raise BudgetExceeded(
+                    f"max_nfe={budget.nfe} is smaller than one trajectory per prompt ({steps} steps × {len(prompts)} prompts = "
+                    f"{steps * len(prompts)} NFE): raise max_nfe or lower num_inference_steps"
+                )
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_particles must be an integer >= 1, got {n!r}")
+        adapter = self.adapter
+        adapter.eta = float(engine.get("eta", adapter.stochastic_eta if method.resamples else 0.0))
+        if adapter.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {adapter.eta}")
+        adapter.max_batch = engine.get("max_batch")
+        cond = adapter.encode(prompts, negative_prompt=negative_prompt, guidance_scale=guidance, height=height, width=width, **encoder_opts)
+        adapter.set_schedule(steps, height=height, width=width)
+        gens, res_gens = _generators(generator, len(prompts), n)
+        problem = Problem(
+            adapter, self.reward, cond, n, gens, res_gens, height, width, budget,
+            reward_batch=int(engine.get("reward_batch", 64)), progress=self.pipe.progress_bar,
+        )
+        latents, trace = method(problem)
+        final = torch.tensor(trace.final_rewards)
+        if engine.get("return_all", False):
+            keep = torch.arange(len(prompts) * n)
+            rewards = final.reshape(-1).tolist()
+        else:
+            keep = torch.tensor([p * n + k for p, k in enumerate(trace.selected)])
+            rewards = [float(final[p, k]) for p, k in enumerate(trace.selected)]
+        latents = latents[keep.to(latents.device)]
+        images = latents if output_type == "latent" else self._postprocess(adapter.decode(latents), output_type)
+        if not return_dict:
+            return images, rewards, trace
+        return SteeredPipelineOutput(images=images, rewards=rewards, trace=trace)
+
+    def _postprocess(self, images: torch.Tensor, output_type: str):
+        if output_type == "pt":
+            return images
+        arr = images.float().permute(0, 2, 3, 1).cpu().numpy()
+        return arr if output_type == "np" else self.pipe.numpy_to_pil(arr)
+
+
+def wrap(pipeline, method: str = "smc", reward: str | Reward | None = None, **options):
+    """Steer a diffusers pipeline (instance → :class:`SteeredPipeline`) or class (→ class with ``from_pretrained``).
+
+    ``method``: ``best_of_n``, ``smc`` (FK steering), ``fleming_viot``; ``reward``: a registered
+    name (``steer.rewards.available_rewards()``) or a :class:`~steer.rewards.Reward`; ``options``:
+    defaults for the call (method options, ``num_particles``, ``eta``, ``max_nfe`` ...).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(sorted(set(METHODS)))}")
+    if isinstance(pipeline, type):
+        base = pipeline
+
+        def from_pretrained(cls, *args, **kwargs) -> SteeredPipeline:
+            return SteeredPipeline(base.from_pretrained(*args, **kwargs), method=method, reward=reward, **options)
+
+        return type(f"Steered{base.__name__}", (), {
+            "pipeline_class": base,
+            "from_pretrained": classmethod(from_pretrained),
+            "__doc__": f"{base.__name__} steered with {method!r}; ``from_pretrained`` returns a SteeredPipeline.",
+        })
+    return SteeredPipeline(pipeline, method=method, reward=reward, **options)

@@ -1,0 +1,127 @@
+"""What every search method gets: the particles' problem, and the shared helpers that score them."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from ..models.base import Conditioning, ModelAdapter
+from ..rewards.base import Reward
+from .trace import Budget, Meter, Trace
+
+
+@dataclass
+class Problem:
+    """``P`` prompts × ``N`` particles, laid out prompt-major (particle ``k`` of prompt ``p`` is row ``p·N + k``).
+
+    ``generators`` has one generator per row (initial noise and step noise); ``resample_generators``
+    one per prompt (resampling draws), so the same seeds give the same images.
+    """
+
+    adapter: ModelAdapter
+    reward: Reward
+    cond: Conditioning  # one row per prompt
+    num_particles: int
+    generators: list[torch.Generator]
+    resample_generators: list[torch.Generator]
+    height: int | None = None
+    width: int | None = None
+    budget: Budget = field(default_factory=Budget)
+    reward_batch: int = 64
+    progress: Any = None  # callable(total) -> context manager with .update(), e.g. pipe.progress_bar
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.cond)
+
+    @property
+    def num_steps(self) -> int:
+        return self.adapter.num_steps
+
+    def prompt_index(self) -> torch.Tensor:
+        return torch.arange(self.num_prompts).repeat_interleave(self.num_particles)
+
+
+class Method:
+    """A search method: subclasses implement :meth:`run` and :meth:`plan`."""
+
+    name: str = "method"
+    resamples: bool = False  # needs a stochastic transition
+
+    def __init__(self, **options):
+        self.options = options
+
+    def plan(self, problem: Problem) -> tuple[int, int]:
+        """(NFE, reward calls) the method will spend, for budget checks before any work."""
+        raise NotImplementedError
+
+    def run(self, problem: Problem, meter: Meter, trace: Trace) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Return (final clean latents of all particles, their final rewards ``(P, N)``, selected particle per prompt)."""
+        raise NotImplementedError
+
+    def __call__(self, problem: Problem) -> tuple[torch.Tensor, Trace]:
+        if self.resamples and not problem.adapter.stochastic:
+            raise ValueError(
+                f"{self.name} resamples particles, but the sampler is deterministic (eta=0): resampled copies would stay "
+                "identical. Pass eta > 0 (e.g. eta=1.0 for DDIM, eta=0.5 for flow models)."
+            )
+        nfe, calls = self.plan(problem)
+        problem.budget.check(nfe, calls, f"{self.name} with {problem.num_particles} particles × {problem.num_steps} steps × {problem.num_prompts} prompts")
+        meter = Meter(problem.adapter, problem.budget)
+        trace = Trace(self.name, dict(self.options), problem.num_prompts, problem.num_particles, problem.num_steps)
+        latents, final, selected = self.run(problem, meter, trace)
+        trace.final_rewards = final.tolist()
+        trace.selected = list(selected)
+        meter.finish(trace)
+        return latents, trace
+
+
+def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+    """Rewards of decoded clean-latent predictions (float64 on CPU; non-finite values become ``-inf``)."""
+    out = []
+    prompts = [problem.cond.prompts[i] for i in prompt_index.tolist()]
+    with torch.no_grad():
+        for s in range(0, latents.shape[0], problem.reward_batch):
+            images = problem.adapter.decode(latents[s : s + problem.reward_batch])
+            t0 = time.perf_counter()
+            r = problem.reward(images, prompts[s : s + problem.reward_batch])
+            meter.reward_seconds += time.perf_counter() - t0
+            meter.reward_calls += images.shape[0]
+            out.append(r.detach().double().cpu().reshape(-1))
+    r = torch.cat(out)
+    bad = ~torch.isfinite(r)
+    if bad.any():
+        trace.nonfinite_rewards += int(bad.sum())
+        r = r.masked_fill(bad, -math.inf)
+    return r
+
+
+def run_steps(problem: Problem, x: torch.Tensor, start: int, stop: int, cond: Conditioning, generators: Sequence[torch.Generator], bar=None):
+    """Advance ``x`` from step ``start`` to ``stop``; returns (state, last x̂₀)."""
+    x0 = None
+    for i in range(start, stop):
+        with torch.no_grad():
+            out = problem.adapter.step(x, i, cond, generators)
+        x, x0 = out.prev_sample, out.pred_original_sample
+        if bar is not None:
+            bar.update()
+    return x, x0
+
+
+class _NullBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def update(self, n: int = 1):
+        pass
+
+
+def progress(problem: Problem, total: int):
+    return problem.progress(total=total) if problem.progress is not None else _NullBar()

@@ -1,0 +1,80 @@
+"""Fleming-Viot birth–death resampling (VASR-style).
+
+At every potential step inside the window each particle gets mass ∝ w·exp(λ·r_t) from its
+current x̂₀ reward; low-mass particles die and high-mass ones split, by systematic
+resampling of the masses, at every such step (no ESS gate); survivors keep their slot (and
+their generator), so only dead particles are overwritten. Weights are uniform afterwards.
+There is no final correction: the final pick is the particle with the highest final reward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Method, Problem, progress, run_steps, score
+from .resampling import get_resampler
+from .smc import potential_steps
+
+
+def birth_death(ancestors: torch.Tensor) -> torch.Tensor:
+    """Reorder resampled ancestors so every surviving particle stays in its own slot.
+
+    ``ancestors`` is a multiset of ``N`` indices; the result holds the same multiset with
+    ``out[i] == i`` for every ``i`` that survives.
+    """
+    n = ancestors.numel()
+    counts = torch.bincount(ancestors, minlength=n)
+    out = torch.full((n,), -1, dtype=torch.long)
+    alive = counts > 0
+    out[alive] = torch.arange(n)[alive]
+    counts[alive] -= 1
+    births = torch.repeat_interleave(torch.arange(n), counts)
+    out[~alive] = births
+    return out
+
+
+class FlemingViot(Method):
+    """Options: ``lam`` (λ), ``interval`` (default S/5), ``window`` ((start, end) fractions), ``resampler`` (default systematic)."""
+
+    name = "fleming_viot"
+    resamples = True
+
+    def __init__(self, lam: float = 1.0, interval: int | None = None, window: tuple[float, float] = (0.0, 1.0), resampler: str = "systematic"):
+        get_resampler(resampler)
+        super().__init__(lam=lam, interval=interval, window=tuple(window), resampler=resampler)
+        self.lam, self.interval, self.window, self.resampler = float(lam), interval, tuple(window), get_resampler(resampler)
+
+    def _steps(self, problem: Problem) -> list[int]:
+        return potential_steps(problem.num_steps, self.interval or max(1, round(problem.num_steps / 5)), self.window)
+
+    def plan(self, problem: Problem) -> tuple[int, int]:
+        n = problem.num_prompts * problem.num_particles
+        return n * problem.num_steps, n * (len(self._steps(problem)) + 1)
+
+    def run(self, problem: Problem, meter, trace):
+        P, N, S = problem.num_prompts, problem.num_particles, problem.num_steps
+        idx = problem.prompt_index()
+        cond = problem.cond.select(idx)
+        gens = problem.generators
+        x = problem.adapter.initial_noise(gens, problem.height, problem.width)
+        done = 0
+        with progress(problem, S) as bar:
+            for k in self._steps(problem):
+                x, x0 = run_steps(problem, x, done, k, cond, gens, bar)
+                done = k
+                r = score(problem, meter, trace, x0, idx).view(P, N)
+                mass = self.lam * r  # weights are uniform after every birth–death step
+                anc = torch.arange(P * N)
+                row = {"step": k, "rewards": r.tolist(), "ess": [], "resampled": [], "ancestors": []}
+                for p in range(P):
+                    a = birth_death(self.resampler(mass[p], problem.resample_generators[p]))
+                    anc[p * N : (p + 1) * N] = a + p * N
+                    w = torch.softmax(mass[p], 0) if torch.isfinite(mass[p]).any() else torch.full((N,), 1.0 / N, dtype=mass.dtype)
+                    row["ess"].append(float(1 / (w**2).sum()))
+                    row["resampled"].append(True)
+                    row["ancestors"].append(a.tolist())
+                trace.steps.append(row)
+                x = x[anc.to(x.device)]
+            x, _ = run_steps(problem, x, done, S, cond, gens, bar)
+        r = score(problem, meter, trace, x, idx).view(P, N)
+        return x, r, r.argmax(1).tolist()

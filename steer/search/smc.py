@@ -1,0 +1,145 @@
+"""Sequential Monte Carlo with Feynman-Kac potentials (FK steering, Singhal et al. 2025).
+
+Particles move with the model's stochastic transition. At *potential steps* (every
+``interval`` steps inside the ``window``) each particle's x̂₀ is decoded and scored, its
+log-weight is multiplied by the potential G_t (below), and each prompt's particles are resampled
+when their ESS falls below ``ess_threshold · N``. At the end the weights are corrected so the
+target is ∝ p(x₀)·exp(λ·r(x₀)) whatever potential was used:
+
+========== ==============================================
+potential   log G_t
+========== ==============================================
+immediate   λ·r_t
+diff        λ·(r_t − r_{t'}) (t' the previous potential step, r = 0 before the first)
+max         λ·max_{s≤t} r_s
+sum         λ·Σ_{s≤t} r_s
+========== ==============================================
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import Method, Problem, progress, run_steps, score
+from .resampling import ess, get_resampler, normalize
+
+POTENTIALS = ("immediate", "diff", "max", "sum")
+
+
+def potential_steps(num_steps: int, interval: int, window: tuple[float, float]) -> list[int]:
+    """Steps (1-based count of completed steps) at which rewards are taken, strictly before the last step."""
+    lo, hi = window
+    if not 0 <= lo <= hi <= 1:
+        raise ValueError(f"window must satisfy 0 <= start <= end <= 1 (fractions of the steps), got {window}")
+    if interval < 1:
+        raise ValueError(f"interval must be >= 1, got {interval}")
+    return [k for k in range(interval, num_steps, interval) if lo * num_steps <= k <= hi * num_steps]
+
+
+class SMC(Method):
+    """FK-steering SMC.
+
+    Options: ``potential`` (max | diff | sum | immediate), ``lam`` (λ, inverse temperature on
+    the reward's scale), ``interval`` (steps between potentials; default S/5), ``window``
+    ((start, end) fractions of the steps), ``ess_threshold`` (resample when ESS < this·N;
+    1.0 resamples at every potential step), ``resampler`` (systematic | stratified |
+    multinomial | residual), ``select`` (best: highest final reward; sample: draw by the final weights).
+    """
+
+    name = "smc"
+    resamples = True
+
+    def __init__(self, potential: str = "max", lam: float = 1.0, interval: int | None = None, window: tuple[float, float] = (0.0, 1.0),
+                 ess_threshold: float = 0.5, resampler: str = "systematic", select: str = "best"):
+        if potential not in POTENTIALS:
+            raise ValueError(f"unknown potential {potential!r}; choose one of {', '.join(POTENTIALS)}")
+        if select not in ("best", "sample"):
+            raise ValueError(f"select must be 'best' or 'sample', got {select!r}")
+        if not 0 <= ess_threshold <= 1:
+            raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+        get_resampler(resampler)
+        super().__init__(potential=potential, lam=lam, interval=interval, window=tuple(window), ess_threshold=ess_threshold, resampler=resampler, select=select)
+        self.potential, self.lam, self.interval, self.window = potential, float(lam), interval, tuple(window)
+        self.ess_threshold, self.resampler, self.select = ess_threshold, get_resampler(resampler), select
+
+    def _steps(self, problem: Problem) -> list[int]:
+        interval = self.interval or max(1, round(problem.num_steps / 5))
+        return potential_steps(problem.num_steps, interval, self.window)
+
+    def plan(self, problem: Problem) -> tuple[int, int]:
+        n = problem.num_prompts * problem.num_particles
+        return n * problem.num_steps, n * (len(self._steps(problem)) + 1)
+
+    def _log_potential(self, r: torch.Tensor, state: dict) -> torch.Tensor:
+        lam = self.lam
+        if self.potential == "immediate":
+            return lam * r
+        if self.potential == "diff":
+            return lam * (r - state["prev"])
+        if self.potential == "max":
+            return lam * torch.maximum(state["max"], r)
+        return lam * (state["sum"] + r)
+
+    def resample(self, problem: Problem, logw: torch.Tensor, trace_row: dict) -> torch.Tensor:
+        """Per-prompt adaptive resampling; returns flat ancestor indices (identity where not resampled)."""
+        P, N = problem.num_prompts, problem.num_particles
+        anc = torch.arange(P * N)
+        for p in range(P):
+            e = ess(logw[p])
+            trace_row["ess"].append(e)
+            do = e < self.ess_threshold * N or (self.ess_threshold >= 1.0)
+            trace_row["resampled"].append(bool(do))
+            if do:
+                a = self.resampler(logw[p], problem.resample_generators[p])
+                anc[p * N : (p + 1) * N] = a + p * N
+                trace_row["ancestors"].append(a.tolist())
+            else:
+                trace_row["ancestors"].append(None)
+        return anc
+
+    def run(self, problem: Problem, meter, trace):
+        P, N, S = problem.num_prompts, problem.num_particles, problem.num_steps
+        idx = problem.prompt_index()
+        cond = problem.cond.select(idx)
+        gens = problem.generators
+        x = problem.adapter.initial_noise(gens, problem.height, problem.width)
+        logw = torch.zeros(P, N, dtype=torch.float64)
+        applied = torch.zeros(P, N, dtype=torch.float64)  # Σ log G along each lineage, undone at the end
+        state = {k: torch.zeros(P * N, dtype=torch.float64) for k in ("prev", "sum")}
+        state["max"] = torch.full((P * N,), -math.inf, dtype=torch.float64)
+        done = 0
+        with progress(problem, S) as bar:
+            for k in self._steps(problem):
+                x, x0 = run_steps(problem, x, done, k, cond, gens, bar)
+                done = k
+                r = score(problem, meter, trace, x0, idx)
+                log_g = self._log_potential(r, state)
+                finite = torch.isfinite(r)
+                inc = torch.where(finite, log_g, torch.full_like(log_g, -math.inf))  # non-finite reward: zero weight
+                logw = logw + inc.view(P, N)
+                applied = applied + torch.where(finite, inc, torch.zeros_like(inc)).view(P, N)
+                state["prev"] = torch.where(finite, r, state["prev"])
+                state["max"] = torch.where(finite, torch.maximum(state["max"], r), state["max"])
+                state["sum"] = torch.where(finite, state["sum"] + r, state["sum"])
+                row = {"step": k, "rewards": r.view(P, N).tolist(), "ess": [], "resampled": [], "ancestors": []}
+                anc = self.resample(problem, logw, row)
+                trace.steps.append(row)
+                moved = anc != torch.arange(P * N)
+                if moved.any():
+                    x = x[anc.to(x.device)]
+                    applied = applied.view(-1)[anc].view(P, N)
+                    for key in state:
+                        state[key] = state[key][anc]
+                    for p in range(P):
+                        if row["resampled"][p]:
+                            logw[p] = 0.0
+            x, _ = run_steps(problem, x, done, S, cond, gens, bar)
+        r = score(problem, meter, trace, x, idx).view(P, N)
+        final_logw = logw + self.lam * r - applied
+        if self.select == "best":
+            selected = r.argmax(1).tolist()
+        else:
+            selected = [int(torch.multinomial(normalize(final_logw[p]), 1, generator=problem.resample_generators[p])) for p in range(P)]
+        return x, r, selected
