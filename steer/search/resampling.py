@@ -54,11 +54,11 @@ def residual(logw: torch.Tensor, generator: torch.Generator | None = None) -> to
     """Deterministic copies ``floor(N w)``, the remainder drawn multinomially from the residual weights."""
     w = normalize(logw)
     n = w.numel()
-    copies = torch.floor(n * w).long()
+    copies = torch.floor(n * w + 1e-9).long()  # tolerate round-off in exact multiples
     idx = torch.repeat_interleave(torch.arange(n), copies)
     rest = n - idx.numel()
     if rest > 0:
-        r = n * w - copies
+        r = (n * w - copies).clamp_min(0)
         extra = torch.multinomial(r / r.sum(), rest, replacement=True, generator=generator)
         idx = torch.cat([idx, extra])
     return idx.sort().values
