@@ -44,7 +44,8 @@ def sd_pipe():
 
 def call(pipe, method="smc", n=4, steps=6, seed=0, reward=None, **kw):
     sp = steer.wrap(pipe, method=method, reward=reward or Redness())
-    return sp(PROMPTS, num_inference_steps=steps, num_particles=n, generator=torch.Generator().manual_seed(seed), output_type="np", **kw)
+    kw.setdefault("output_type", "np")
+    return sp(PROMPTS, num_inference_steps=steps, num_particles=n, generator=torch.Generator().manual_seed(seed), **kw)
 
 
 # ------------------------------------------------------------------ resampling
@@ -215,4 +216,4 @@ def test_clear_errors(sd_pipe):
     with pytest.raises(ValueError, match="no model adapter for pipeline object"):
         steer.wrap(object(), method="smc", reward=Redness())
     with pytest.raises(ValueError, match="output_type"):
-        call(sd_pipe, "best_of_n", output_type="jpeg")
+        steer.wrap(sd_pipe, method="best_of_n", reward=Redness())(PROMPTS[0], num_inference_steps=2, output_type="jpeg")
