@@ -123,3 +123,17 @@ def test_training_runs_and_resumes(tmp_path):
     assert pipe.unet.config.sample_size == 16
     shapes_reward.main(["--run", str(tmp_path), "--steps", "2", "--batch", "4", "--save-every", "1"])
     assert (tmp_path / "reward" / "final" / "open_clip_model.safetensors").exists()
+
+
+def test_main_job_cli(tmp_path, capsys):
+    from steer.shapes.__main__ import main
+
+    main(["a photo of two circles", "--num-images", "2", "--steps", "4", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "[counting] 'a photo of two circles'" in out and "images correct by the exact evaluator" in out
+    assert len(list(tmp_path.glob("sd_plain_*.png"))) == 1
+    main(["a photo of a circle", "--num-images", "1", "--steps", "4", "--method", "smc", "--particles", "2", "--out", str(tmp_path)])
+    assert len(list(tmp_path.glob("sd_smc_*.png"))) == 1
+    with pytest.raises(SystemExit):
+        main(["a photo of a zebra"])
+    assert "not a shapes-world prompt" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Generate images for a shapes-world prompt with a shipped model and print the exact evaluator's verdict.
 
-    python -m steer.shapes "a photo of a red circle left of a blue square" --num-images 4
+    python -m steer.shapes "a photo of a circle left of a square" --num-images 4
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("outputs"))
+    p.add_argument("--method", choices=["best_of_n", "smc", "fleming_viot"], help="steer each image with the shapes reward")
+    p.add_argument("--particles", type=int, default=8, help="particles per image with --method")
     a = p.parse_args(argv)
     if a.num_images < 1:
         p.error("--num-images must be >= 1")
@@ -40,14 +42,23 @@ def main(argv=None) -> int:
         p.error(str(e))
     pipe = load_pipeline() if a.model == "sd" else load_flow_pipeline()
     pipe.set_progress_bar_config(disable=True)
+    if a.method:
+        import steer
+
+        from . import load_reward
+
+        pipe = steer.wrap(pipe, method=a.method, reward=load_reward(), num_particles=a.particles)
     a.out.mkdir(parents=True, exist_ok=True)
     total = 0
     for rec in records:
         gens = [torch.Generator().manual_seed(a.seed + i) for i in range(a.num_images)]
-        images = pipe([rec["prompt"]] * a.num_images, num_inference_steps=a.steps, guidance_scale=a.guidance, generator=gens, output_type="np").images
+        if a.method:  # one steered search per image, each from its own seed
+            images = np.concatenate([pipe(rec["prompt"], num_inference_steps=a.steps, guidance_scale=a.guidance, generator=g, output_type="np").images for g in gens])
+        else:
+            images = pipe([rec["prompt"]] * a.num_images, num_inference_steps=a.steps, guidance_scale=a.guidance, generator=gens, output_type="np").images
         images = [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in images]
         verdicts = [evaluate_image(im, rec) for im in images]
-        path = a.out / f"{a.model}_{rec['prompt'].replace(' ', '_')}.png"
+        path = a.out / f"{a.model}_{a.method or 'plain'}_{rec['prompt'].replace(' ', '_')}.png"
         grid(images).save(path)
         ok = sum(v.correct for v in verdicts)
         total += ok
