@@ -100,6 +100,13 @@ def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, p
     return r
 
 
+def init_particles(problem: Problem) -> tuple[torch.Tensor, Conditioning, torch.Tensor]:
+    """(prompt index per particle, per-particle conditioning, initial states)."""
+    idx = problem.prompt_index()
+    x = problem.adapter.initial_noise(problem.generators, problem.height, problem.width)
+    return idx, problem.cond.select(idx), x
+
+
 def run_steps(problem: Problem, x: torch.Tensor, start: int, stop: int, cond: Conditioning, generators: Sequence[torch.Generator], bar=None):
     """Advance ``x`` from step ``start`` to ``stop``; returns (state, last x̂₀)."""
     x0 = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, Problem, progress, run_steps, score
+from .base import Method, Problem, init_particles, progress, run_steps, score
 
 
 class BestOfN(Method):
@@ -17,9 +17,7 @@ class BestOfN(Method):
         return n * problem.num_steps, n
 
     def run(self, problem: Problem, meter, trace):
-        idx = problem.prompt_index()
-        cond = problem.cond.select(idx)
-        x = problem.adapter.initial_noise(problem.generators, problem.height, problem.width)
+        idx, cond, x = init_particles(problem)
         with progress(problem, problem.num_steps) as bar:
             x, _ = run_steps(problem, x, 0, problem.num_steps, cond, problem.generators, bar)
         r = score(problem, meter, trace, x, idx).view(problem.num_prompts, problem.num_particles)

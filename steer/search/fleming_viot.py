@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, Problem, progress, run_steps, score
+from .base import Method, Problem, init_particles, progress, run_steps, score
 from .resampling import get_resampler
 from .smc import potential_steps
 
@@ -53,10 +53,8 @@ class FlemingViot(Method):
 
     def run(self, problem: Problem, meter, trace):
         P, N, S = problem.num_prompts, problem.num_particles, problem.num_steps
-        idx = problem.prompt_index()
-        cond = problem.cond.select(idx)
+        idx, cond, x = init_particles(problem)
         gens = problem.generators
-        x = problem.adapter.initial_noise(gens, problem.height, problem.width)
         done = 0
         with progress(problem, S) as bar:
             for k in self._steps(problem):

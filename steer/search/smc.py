@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .base import Method, Problem, progress, run_steps, score
+from .base import Method, Problem, init_particles, progress, run_steps, score
 from .resampling import ess, get_resampler, normalize
 
 POTENTIALS = ("immediate", "diff", "max", "sum")
@@ -101,10 +101,8 @@ class SMC(Method):
 
     def run(self, problem: Problem, meter, trace):
         P, N, S = problem.num_prompts, problem.num_particles, problem.num_steps
-        idx = problem.prompt_index()
-        cond = problem.cond.select(idx)
+        idx, cond, x = init_particles(problem)
         gens = problem.generators
-        x = problem.adapter.initial_noise(gens, problem.height, problem.width)
         logw = torch.zeros(P, N, dtype=torch.float64)
         applied = torch.zeros(P, N, dtype=torch.float64)  # Σ log G along each lineage, undone at the end
         state = {k: torch.zeros(P * N, dtype=torch.float64) for k in ("prev", "sum")}
