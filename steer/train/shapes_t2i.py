@@ -274,7 +274,7 @@ def main(argv=None) -> None:
     p.add_argument("--run", type=Path, default=Path("runs/shapes"), help="run folder (checkpoints, logs, outputs)")
     p.add_argument("--stage", choices=["vae", "sd", "flow"], help="what to train")
     p.add_argument("--export", type=Path, help="copy trained pipelines to this folder")
-    p.add_argument("--steps", type=int, help="optimizer steps (default: vae 1500, sd 4000, flow 4000)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: vae 1500, sd 3000, flow 5000: the shipped models)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, help="learning rate (default: vae 1e-3, sd/flow 5e-4)")
     p.add_argument("--data", type=int, default=100_000, help="number of training scenes")
@@ -294,7 +294,7 @@ def main(argv=None) -> None:
     if a.stage == "vae":
         train_vae(a.run, data, a.steps or 1500, a.batch, a.lr or 1e-3, a.device, a.save_every)
     else:
-        train_denoiser(a.stage, a.run, data, a.steps or 4000, a.batch, a.lr or 5e-4, a.device, a.save_every)
+        train_denoiser(a.stage, a.run, data, a.steps or {"sd": 3000, "flow": 5000}[a.stage], a.batch, a.lr or 5e-4, a.device, a.save_every)
 
 
 if __name__ == "__main__":
