@@ -177,7 +177,11 @@ class SteeredPipeline:
             keep = torch.tensor([p * n + k for p, k in enumerate(trace.selected)])
             rewards = [float(final[p, k]) for p, k in enumerate(trace.selected)]
         latents = latents[keep.to(latents.device)]
-        images = latents if output_type == "latent" else self._postprocess(adapter.decode(latents), output_type)
+        if output_type == "latent":
+            images = latents
+        else:
+            decoded = problem.final_images[keep.to(problem.final_images.device)] if problem.final_images is not None else adapter.decode(latents)
+            images = self._postprocess(decoded, output_type)
         if not return_dict:
             return images, rewards, trace
         return SteeredPipelineOutput(images=images, rewards=rewards, trace=trace)

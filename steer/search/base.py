@@ -33,6 +33,7 @@ class Problem:
     budget: Budget = field(default_factory=Budget)
     reward_batch: int = 64
     progress: Any = None  # callable(total) -> context manager with .update(), e.g. pipe.progress_bar
+    final_images: torch.Tensor | None = None  # decoded final particles, kept by score(..., keep=True)
 
     @property
     def num_prompts(self) -> int:
@@ -80,9 +81,13 @@ class Method:
         return latents, trace
 
 
-def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
-    """Rewards of decoded clean-latent predictions (float64 on CPU; non-finite values become ``-inf``)."""
-    out = []
+def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, prompt_index: torch.Tensor, keep: bool = False) -> torch.Tensor:
+    """Rewards of decoded clean-latent predictions (float64 on CPU; non-finite values become ``-inf``).
+
+    ``keep=True`` (the final scoring) stores the decoded images in ``problem.final_images`` so the
+    returned images need no second decode.
+    """
+    out, kept = [], []
     prompts = [problem.cond.prompts[i] for i in prompt_index.tolist()]
     with torch.no_grad():
         for s in range(0, latents.shape[0], problem.reward_batch):
@@ -92,6 +97,10 @@ def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, p
             meter.reward_seconds += time.perf_counter() - t0
             meter.reward_calls += images.shape[0]
             out.append(r.detach().double().cpu().reshape(-1))
+            if keep:
+                kept.append(images)
+    if keep:
+        problem.final_images = torch.cat(kept)
     r = torch.cat(out)
     bad = ~torch.isfinite(r)
     if bad.any():

@@ -20,5 +20,5 @@ class BestOfN(Method):
         idx, cond, x = init_particles(problem)
         with progress(problem, problem.num_steps) as bar:
             x, _ = run_steps(problem, x, 0, problem.num_steps, cond, problem.generators, bar)
-        r = score(problem, meter, trace, x, idx).view(problem.num_prompts, problem.num_particles)
+        r = score(problem, meter, trace, x, idx, keep=True).view(problem.num_prompts, problem.num_particles)
         return x, r, r.argmax(1).tolist()

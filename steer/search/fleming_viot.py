@@ -74,5 +74,5 @@ class FlemingViot(Method):
                 trace.steps.append(row)
                 x = x[anc.to(x.device)]
             x, _ = run_steps(problem, x, done, S, cond, gens, bar)
-        r = score(problem, meter, trace, x, idx).view(P, N)
+        r = score(problem, meter, trace, x, idx, keep=True).view(P, N)
         return x, r, r.argmax(1).tolist()

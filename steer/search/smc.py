@@ -134,7 +134,7 @@ class SMC(Method):
                         if row["resampled"][p]:
                             logw[p] = 0.0
             x, _ = run_steps(problem, x, done, S, cond, gens, bar)
-        r = score(problem, meter, trace, x, idx).view(P, N)
+        r = score(problem, meter, trace, x, idx, keep=True).view(P, N)
         final_logw = logw + self.lam * r - applied
         if self.select == "best":
             selected = r.argmax(1).tolist()
