@@ -84,8 +84,7 @@ class SteeredPipeline:
         self.method = method
         self.adapter = get_adapter(pipe)  # raises for unsupported families
         self.defaults = dict(options)
-        self._split(self.defaults)  # validate option names now
-        get_method(method, **self._split(self.defaults)[1])  # and values
+        get_method(method, **self._split(self.defaults)[1])  # bad method options fail here, not at the first call
         self.reward = _resolve_reward(reward, self.adapter.device)
 
     def __getattr__(self, name):
@@ -102,7 +101,7 @@ class SteeredPipeline:
         return self
 
     def _split(self, options: dict) -> tuple[dict, dict, dict]:
-        """(engine, method, encoder) options; unknown names raise."""
+        """(engine, method, encoder) options: names the engine and method don't take go to the prompt encoder."""
         names = _method_option_names(self.method)
         engine = {k: v for k, v in options.items() if k in ENGINE_OPTIONS}
         method = {k: v for k, v in options.items() if k in names}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .base import Method, Problem, init_particles, progress, run_steps, score
-from .resampling import get_resampler
+from .resampling import ess, get_resampler
 from .smc import potential_steps
 
 
@@ -67,8 +67,7 @@ class FlemingViot(Method):
                 for p in range(P):
                     a = birth_death(self.resampler(mass[p], problem.resample_generators[p]))
                     anc[p * N : (p + 1) * N] = a + p * N
-                    w = torch.softmax(mass[p], 0) if torch.isfinite(mass[p]).any() else torch.full((N,), 1.0 / N, dtype=mass.dtype)
-                    row["ess"].append(float(1 / (w**2).sum()))
+                    row["ess"].append(ess(mass[p]))
                     row["resampled"].append(True)
                     row["ancestors"].append(a.tolist())
                 trace.steps.append(row)

@@ -130,9 +130,9 @@ class SMC(Method):
                     applied = applied.view(-1)[anc].view(P, N)
                     for key in state:
                         state[key] = state[key][anc]
-                    for p in range(P):
-                        if row["resampled"][p]:
-                            logw[p] = 0.0
+                for p in range(P):  # weights are uniform after resampling, even when no particle moved
+                    if row["resampled"][p]:
+                        logw[p] = 0.0
             x, _ = run_steps(problem, x, done, S, cond, gens, bar)
         r = score(problem, meter, trace, x, idx, keep=True).view(P, N)
         final_logw = logw + self.lam * r - applied
