@@ -106,6 +106,20 @@ class SteeredPipeline:
         engine = {k: v for k, v in options.items() if k in ENGINE_OPTIONS}
         method = {k: v for k, v in options.items() if k in names}
         rest = {k: v for k, v in options.items() if k not in engine and k not in method}
+        unknown = sorted(set(rest) - set(self.adapter.encode_options))
+        if unknown:
+            pipe_args = set(inspect.signature(self.pipe.__call__).parameters)
+            known = [k for k in unknown if k in pipe_args]
+            if known:
+                raise ValueError(
+                    f"{', '.join(map(repr, known))}: {type(self.pipe).__name__} takes this argument but steered calls do not support it yet; "
+                    "leave it out (or call the unwrapped pipeline, steered.pipe)"
+                )
+            raise ValueError(
+                f"unknown option(s) {', '.join(map(repr, unknown))} for method {self.method!r}. Method options: {', '.join(sorted(names)) or 'none'}; "
+                f"engine options: {', '.join(ENGINE_OPTIONS)}; prompt-encoding options for {self.adapter.family}: "
+                f"{', '.join(self.adapter.encode_options) or 'none'}"
+            )
         return engine, method, rest
 
     def _default(self, name: str, fallback):

@@ -217,3 +217,15 @@ def test_clear_errors(sd_pipe):
         steer.wrap(object(), method="smc", reward=Redness())
     with pytest.raises(ValueError, match="output_type"):
         steer.wrap(sd_pipe, method="best_of_n", reward=Redness())(PROMPTS[0], num_inference_steps=2, output_type="jpeg")
+
+
+def test_unknown_call_options_are_rejected_not_ignored(sd_pipe):
+    steered = steer.wrap(sd_pipe, method="smc", reward=Redness())
+    with pytest.raises(ValueError, match=r"unknown option\(s\) 'temprature'.*Method options: .*lam"):
+        steered(PROMPTS[0], num_inference_steps=2, temprature=3)
+    with pytest.raises(ValueError, match=r"'latents': StableDiffusionPipeline takes this argument but steered calls do not support it"):
+        steered(PROMPTS[0], num_inference_steps=2, latents=torch.zeros(1, 4, 8, 8))
+    with pytest.raises(ValueError, match=r"unknown option\(s\) 'lamda'"):
+        steer.wrap(sd_pipe, method="smc", reward=Redness(), lamda=2.0)  # caught at wrap time
+    out = steered(PROMPTS[0], num_inference_steps=2, num_particles=2, lam=0.5, output_type="np")  # a method option
+    assert len(out.images) == 1 and out.trace.options["lam"] == 0.5

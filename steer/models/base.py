@@ -85,6 +85,8 @@ class ModelAdapter(ABC):
     supports_stochastic: ClassVar[bool] = True
     #: default noise level for methods that need stochastic transitions (resampling)
     stochastic_eta: ClassVar[float] = 1.0
+    #: extra pipeline-call options :meth:`encode` honours (anything else is rejected by ``steer.wrap``)
+    encode_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, pipe, *, eta: float = 1.0, max_batch: int | None = None):
         if eta < 0:

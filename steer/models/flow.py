@@ -77,6 +77,7 @@ class SD3Adapter(_FlowAdapter):
     """
 
     family = "sd3"
+    encode_options = ("clip_skip", "max_sequence_length")
 
     def __init__(self, pipe, *, eta: float = 1.0, max_batch: int | None = None, collapse_padding: bool = True):
         super().__init__(pipe, eta=eta, max_batch=max_batch)
@@ -162,6 +163,7 @@ class FluxAdapter(_FlowAdapter):
     """
 
     family = "flux"
+    encode_options = ("max_sequence_length", "true_cfg_scale")
 
     @classmethod
     def matches(cls, pipe) -> bool:

@@ -37,6 +37,7 @@ class StableDiffusionAdapter(ModelAdapter):
     """``StableDiffusionPipeline`` and subclasses (epsilon / v-prediction / sample, CFG off when ``guidance_scale <= 1``)."""
 
     family = "sd"
+    encode_options = ("clip_skip",)
 
     def __init__(self, pipe, *, eta: float = 1.0, max_batch: int | None = None):
         super().__init__(pipe, eta=eta, max_batch=max_batch)
@@ -176,6 +177,7 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
     """``StableDiffusionXLPipeline``: adds pooled text embeddings and ``add_time_ids`` as ``added_cond_kwargs``."""
 
     family = "sdxl"
+    encode_options = ("clip_skip", "original_size", "crops_coords_top_left", "target_size")
 
     @classmethod
     def matches(cls, pipe) -> bool:
