@@ -174,27 +174,28 @@ class SteeredPipeline:
         if adapter.eta < 0:
             raise ValueError(f"eta must be >= 0, got {adapter.eta}")
         adapter.max_batch = engine.get("max_batch")
-        cond = adapter.encode(prompts, negative_prompt=negative_prompt, guidance_scale=guidance, height=height, width=width, **encoder_opts)
-        adapter.set_schedule(steps, height=height, width=width)
-        gens, res_gens = _generators(generator, len(prompts), n)
-        problem = Problem(
-            adapter, self.reward, cond, n, gens, res_gens, height, width, budget,
-            reward_batch=int(engine.get("reward_batch", 64)), progress=self.pipe.progress_bar,
-        )
-        latents, trace = method(problem)
-        final = torch.tensor(trace.final_rewards)
-        if engine.get("return_all", False):
-            keep = torch.arange(len(prompts) * n)
-            rewards = final.reshape(-1).tolist()
-        else:
-            keep = torch.tensor([p * n + k for p, k in enumerate(trace.selected)])
-            rewards = [float(final[p, k]) for p, k in enumerate(trace.selected)]
-        latents = latents[keep.to(latents.device)]
-        if output_type == "latent":
-            images = latents
-        else:
-            decoded = problem.final_images[keep.to(problem.final_images.device)] if problem.final_images is not None else adapter.decode(latents)
-            images = self._postprocess(decoded, output_type)
+        with adapter.fixed_placement():
+            cond = adapter.encode(prompts, negative_prompt=negative_prompt, guidance_scale=guidance, height=height, width=width, **encoder_opts)
+            adapter.set_schedule(steps, height=height, width=width)
+            gens, res_gens = _generators(generator, len(prompts), n)
+            problem = Problem(
+                adapter, self.reward, cond, n, gens, res_gens, height, width, budget,
+                reward_batch=int(engine.get("reward_batch", 64)), progress=self.pipe.progress_bar,
+            )
+            latents, trace = method(problem)
+            final = torch.tensor(trace.final_rewards)
+            if engine.get("return_all", False):
+                keep = torch.arange(len(prompts) * n)
+                rewards = final.reshape(-1).tolist()
+            else:
+                keep = torch.tensor([p * n + k for p, k in enumerate(trace.selected)])
+                rewards = [float(final[p, k]) for p, k in enumerate(trace.selected)]
+            latents = latents[keep.to(latents.device)]
+            if output_type == "latent":
+                images = latents
+            else:
+                decoded = problem.final_images[keep.to(problem.final_images.device)] if problem.final_images is not None else adapter.decode(latents)
+                images = self._postprocess(decoded, output_type)
         if not return_dict:
             return images, rewards, trace
         return SteeredPipelineOutput(images=images, rewards=rewards, trace=trace)

@@ -19,6 +19,7 @@ State conventions:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
@@ -105,12 +106,29 @@ class ModelAdapter(ABC):
     # ---------------------------------------------------------------- properties
     @property
     def device(self) -> torch.device:
-        return self.pipe._execution_device
+        placement = self.__dict__.get("_placement")
+        return placement[0] if placement else self.pipe._execution_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the denoiser."""
+        placement = self.__dict__.get("_placement")
+        return placement[1] if placement else self.denoiser.dtype
 
     @property
     @abstractmethod
-    def dtype(self) -> torch.dtype:
-        """Dtype of the denoiser."""
+    def denoiser(self) -> torch.nn.Module:
+        """The pipeline's UNet or transformer."""
+
+    @contextmanager
+    def fixed_placement(self):
+        """Read device and dtype once for a whole call (diffusers walks every module to answer them)."""
+        old = self.__dict__.get("_placement")
+        self._placement = (self.pipe._execution_device, self.denoiser.dtype)
+        try:
+            yield self
+        finally:
+            self._placement = old
 
     @property
     def stochastic(self) -> bool:

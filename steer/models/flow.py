@@ -29,8 +29,8 @@ class _FlowAdapter(ModelAdapter):
         self._sigmas: list[float] = []
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.pipe.transformer.dtype
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipe.transformer
 
     def _default_hw(self, height, width) -> tuple[int, int]:
         size = self.pipe.default_sample_size * self.pipe.vae_scale_factor

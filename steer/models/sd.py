@@ -52,8 +52,8 @@ class StableDiffusionAdapter(ModelAdapter):
         return isinstance(pipe, StableDiffusionPipeline)
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipe.unet
 
     @property
     def prediction_type(self) -> str:
@@ -104,7 +104,8 @@ class StableDiffusionAdapter(ModelAdapter):
             prev = [t - sched.config.num_train_timesteps // sched.num_inference_steps for t in tvals]
         else:
             prev = tvals[1:] + [-1.0]
-        self._t = [t.to(self.device) for t in ts]
+        device = self.device
+        self._t = [t.to(device) for t in ts]
         self._alpha = [alpha(t) for t in tvals]
         self._alpha_prev = [alpha(p) for p in prev]
 
