@@ -160,6 +160,8 @@ def test_methods_run_on_every_family(build):
         a, b = (call(pipe, method, n=3, steps=4, **kw) for _ in range(2))
         assert np.array_equal(a.images, b.images)
         assert a.trace.nfe == 2 * 3 * 4
+    with pytest.raises(ValueError, match="deterministic"):  # plain Euler (flow) / DDIM eta=0 cannot diversify resampled copies
+        call(pipe, "fleming_viot", n=2, steps=2, eta=0.0)
 
 
 def test_wrap_a_class_gives_from_pretrained(sd_pipe, tmp_path):

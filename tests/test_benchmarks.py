@@ -1,0 +1,52 @@
+"""The benchmark scripts' estimators, on fake steered pipelines (no model runs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import shapes_scaling  # noqa: E402
+from steer.shapes import render, scene_for_record  # noqa: E402
+from steer.shapes.prompts import make_record  # noqa: E402
+
+RECORD = make_record("single_object", "circle")
+
+
+class FakeSteered:
+    """Returns ``n`` particles per prompt: even particles are correct renders, odd ones blank; fixed rewards."""
+
+    def __init__(self, rewards: list[float], steps: int = 5):
+        self.rewards, self.steps = rewards, steps
+        self.good = render(scene_for_record(RECORD, np.random.default_rng(0))).astype(np.float32) / 255
+        self.calls = []
+
+    def __call__(self, prompts, num_particles, return_all=False, **kw):
+        self.calls.append((len(prompts), num_particles, return_all))
+        n = num_particles
+        assert return_all and n == len(self.rewards)
+        one = [self.good if k % 2 == 0 else np.ones_like(self.good) for k in range(n)]
+        images = np.stack(one * len(prompts))
+        trace = SimpleNamespace(nfe=len(prompts) * n * self.steps, reward_calls=len(prompts) * n)
+        return SimpleNamespace(images=images, rewards=list(self.rewards) * len(prompts), trace=trace)
+
+
+def test_best_of_n_pool_picks_the_best_reward_in_each_disjoint_group():
+    # particles 0..7; correct = even. Rewards make the best of each pair odd (wrong) except pair (4, 5),
+    # the best of each 4-group even in (0..3) and odd in (4..7), and the overall best particle 2 (correct).
+    rewards = [1.0, 2.0, 9.0, 3.0, 5.0, 4.0, 0.0, 6.0]
+    fake = FakeSteered(rewards)
+    rows = shapes_scaling.run_best_of_n_pool(fake, [RECORD] * 3, seeds=2, steps=5, guidance=1.0, ns=[1, 2, 4, 8], batch_prompts=2)
+    acc = [r["accuracy"] for r in rows]
+    assert acc == pytest.approx([0.5, 2 / 4, 1 / 2, 1.0])  # N=2: pairs pick 1, 2, 4, 7 → only 2 and 4 correct
+    assert [r["nfe"] for r in rows] == [5, 10, 20, 40]
+    assert [r["reward_calls"] for r in rows] == [1, 2, 4, 8]
+    assert [r["mean_reward"] for r in rows] == pytest.approx([np.mean(rewards), np.mean([2, 9, 5, 6]), np.mean([9, 6]), 9.0])
+    assert all(c == (2, 8, True) or c == (1, 8, True) for c in fake.calls)  # one pooled call per prompt batch, N = max
+    with pytest.raises(ValueError, match="divide the largest"):
+        shapes_scaling.run_best_of_n_pool(fake, [RECORD], 1, 5, 1.0, [3, 8], 1)
