@@ -26,7 +26,7 @@ from steer.shapes import evaluate_image, load_flow_pipeline, load_pipeline, load
 EVAL_SEED = 2026  # make_prompt_set seed of the shipped eval prompts; tuning uses other seeds
 
 
-def _generate(steered, records, seeds: int, steps: int, guidance: float, n: int, batch_prompts: int, **opts):
+def _generate(steered, records, seeds: int, steps: int, guidance: float, n: int, batch_prompts: int, seed_offset: int = 0, **opts):
     """Yield (record, images (k, H, W, 3) uint8, rewards (k,)) per prompt and seed, plus running NFE / reward calls."""
     stats = {"nfe": 0, "reward_calls": 0}
 
@@ -34,7 +34,7 @@ def _generate(steered, records, seeds: int, steps: int, guidance: float, n: int,
         for s in range(seeds):
             for start in range(0, len(records), batch_prompts):
                 chunk = records[start : start + batch_prompts]
-                gens = [torch.Generator().manual_seed(10_000 * s + start + i) for i in range(len(chunk))]
+                gens = [torch.Generator().manual_seed(10_000 * s + seed_offset + start + i) for i in range(len(chunk))]
                 out = steered([r["prompt"] for r in chunk], num_inference_steps=steps, guidance_scale=guidance, num_particles=n,
                               generator=gens, output_type="np", **opts)
                 stats["nfe"] += out.trace.nfe
@@ -56,10 +56,10 @@ def _summary(per_prompt: list[tuple[str, float]]) -> tuple[float, dict]:
     return float(np.mean(list(tasks.values()))), tasks
 
 
-def run_config(steered, records, seeds: int, steps: int, guidance: float, n: int, batch_prompts: int, **opts) -> dict:
+def run_config(steered, records, seeds: int, steps: int, guidance: float, n: int, batch_prompts: int, seed_offset: int = 0, **opts) -> dict:
     """Run one method at N particles; the returned image of every prompt × seed is judged by the exact evaluator."""
     t0 = time.perf_counter()
-    it, stats = _generate(steered, records, seeds, steps, guidance, n, batch_prompts, **opts)
+    it, stats = _generate(steered, records, seeds, steps, guidance, n, batch_prompts, seed_offset, **opts)
     verdicts, rewards = [], []
     for rec, imgs, r in it:
         verdicts.append(evaluate_image(imgs[0], rec))
@@ -70,7 +70,8 @@ def run_config(steered, records, seeds: int, steps: int, guidance: float, n: int
             "mean_reward": float(np.mean(rewards)), "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def run_best_of_n_pool(steered, records, seeds: int, steps: int, guidance: float, ns: list[int], batch_prompts: int) -> list[dict]:
+def run_best_of_n_pool(steered, records, seeds: int, steps: int, guidance: float, ns: list[int], batch_prompts: int,
+                       seed_offset: int = 0) -> list[dict]:
     """Best-of-N for every N in ``ns`` from one pool of max(ns) independent particles per prompt and seed.
 
     The pool is split into max(ns)/N disjoint groups; each group's best-reward particle is judged, and
@@ -81,7 +82,7 @@ def run_best_of_n_pool(steered, records, seeds: int, steps: int, guidance: float
     if any(big % n for n in ns):
         raise ValueError(f"every best-of-N count must divide the largest ({big}), got {ns}")
     t0 = time.perf_counter()
-    it, stats = _generate(steered, records, seeds, steps, guidance, big, batch_prompts, return_all=True)
+    it, stats = _generate(steered, records, seeds, steps, guidance, big, batch_prompts, seed_offset, return_all=True)
     pool = []  # (tag, correct per particle, reward per particle)
     for rec, imgs, r in it:
         pool.append((rec["tag"], np.array([evaluate_image(im, rec).correct for im in imgs]), r))
@@ -107,10 +108,52 @@ def _print(row: dict) -> None:
           f"acc={row['accuracy']:.3f} reward={row['mean_reward']:.2f} {row['seconds']:.0f}s", flush=True)
 
 
+def plot(rows: list[dict], models: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for method in ("best_of_n", "smc", "fleming_viot"):
+            pts = sorted((r["nfe"], r["accuracy"]) for r in rows if r["model"] == model and r["method"] == method)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=method)
+        ax.set_xscale("log", base=2)
+        ax.set(title=f"shapes {model}", xlabel="NFE per image", ylabel="accuracy (exact evaluator)")
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def merge(results: list[dict]) -> dict:
+    """Combine runs over disjoint prompt slices (``--offset``): per-task accuracies weighted by prompts × seeds."""
+    groups: dict[tuple, list[tuple[float, dict]]] = {}
+    for res in results:
+        w = res["config"]["limit"] * res["config"]["seeds"]
+        for row in res["rows"]:
+            groups.setdefault((row["model"], row["method"], json.dumps(row["options"], sort_keys=True)), []).append((w, row))
+    rows = []
+    for (model, method, _), parts in groups.items():
+        if len(parts) != len(results):
+            raise ValueError(f"{model} {method} {parts[0][1]['options']} is missing from some of the merged files")
+        total = sum(w for w, _ in parts)
+        avg = lambda key: sum(w * r[key] for w, r in parts) / total  # noqa: E731
+        tasks = {t: sum(w * r["tasks"][t] for w, r in parts) / total for t in parts[0][1]["tasks"]}
+        row = {**parts[0][1], "nfe": avg("nfe"), "reward_calls": avg("reward_calls"), "mean_reward": avg("mean_reward"),
+               "tasks": tasks, "accuracy": float(np.mean(list(tasks.values()))), "seconds": round(sum(r["seconds"] for _, r in parts), 2)}
+        rows.append(row)
+    return {"config": {"merged": [r["config"] for r in results]}, "rows": rows}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=Path, help="GenEval-style JSONL (default: the shipped shapes eval set)")
     p.add_argument("--limit", type=int, default=8, help="prompts per task")
+    p.add_argument("--offset", type=int, default=0, help="skip this many prompts per task (to split a study into slices)")
+    p.add_argument("--merge", type=Path, nargs="+", help="combine the JSON results of runs on disjoint slices into --out/--plot")
     p.add_argument("--models", nargs="+", default=["sd", "flow"], choices=["sd", "flow"])
     p.add_argument("--bon", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="best-of-N particle counts")
     p.add_argument("--smc", type=int, nargs="+", default=[4, 8], help="SMC and Fleming-Viot particle counts")
@@ -119,7 +162,8 @@ def main(argv=None) -> dict:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--bon-mode", default="pool", choices=["pool", "run"],
                    help="pool: every best-of-N from one pool of max(--bon) particles (disjoint groups); run: one call per N")
-    p.add_argument("--lam", type=float, default=1.0, help="λ of SMC / Fleming-Viot (reward is 100·cosine)")
+    p.add_argument("--lam", type=float, default=0.1,
+                   help="λ of SMC / Fleming-Viot on the shapes reward's 100·cosine scale (0.1: tuned on held-out prompts, shapes_tune.py)")
     p.add_argument("--interval", type=int, help="steps between SMC / Fleming-Viot potentials (default: the method's)")
     p.add_argument("--eta", type=float, help="step noise of SMC / Fleming-Viot (default: the adapter's)")
     p.add_argument("--potential", default="max")
@@ -128,10 +172,21 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path)
     p.add_argument("--plot", type=Path)
     a = p.parse_args(argv)
+    if a.merge:
+        result = merge([json.loads(f.read_text()) for f in a.merge])
+        for row in result["rows"]:
+            _print(row)
+        if a.out:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(result, indent=2))
+        if a.plot:
+            plot(result["rows"], sorted({r["model"] for r in result["rows"]}, key=["sd", "flow"].index), a.plot)
+        return result
     if a.threads:
         torch.set_num_threads(a.threads)
     records = load_prompts(a.prompts)
-    records = [r for t in TASKS for r in [r for r in records if r["tag"] == t][: a.limit]]
+    records = [r for t in TASKS for r in [r for r in records if r["tag"] == t][a.offset : a.offset + a.limit]]
+    seed0 = a.offset * len(TASKS)  # a later slice's prompts get seeds of their own
     reward = load_reward()
     rows = []
     for model in a.models:
@@ -139,7 +194,7 @@ def main(argv=None) -> dict:
         pipe.set_progress_bar_config(disable=True)
         if a.bon_mode == "pool":
             steered = steer.wrap(pipe, method="best_of_n", reward=reward)
-            for n, row in zip(a.bon, run_best_of_n_pool(steered, records, a.seeds, a.steps, a.guidance, a.bon, a.batch_prompts)):
+            for n, row in zip(a.bon, run_best_of_n_pool(steered, records, a.seeds, a.steps, a.guidance, a.bon, a.batch_prompts, seed0)):
                 rows.append({"model": model, "method": "best_of_n", "options": {"num_particles": n}, **row})
                 _print(rows[-1])
             configs = []
@@ -151,7 +206,7 @@ def main(argv=None) -> dict:
         for method, n, opts in configs:
             steered = steer.wrap(pipe, method=method, reward=reward)
             row = {"model": model, "method": method, "options": {"num_particles": n, **opts}}
-            row.update(run_config(steered, records, a.seeds, a.steps, a.guidance, n, a.batch_prompts, **opts))
+            row.update(run_config(steered, records, a.seeds, a.steps, a.guidance, n, a.batch_prompts, seed0, **opts))
             rows.append(row)
             _print(row)
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "rows": rows}
@@ -159,22 +214,7 @@ def main(argv=None) -> dict:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2))
     if a.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(a.models), figsize=(5 * len(a.models), 4), squeeze=False)
-        for ax, model in zip(axes[0], a.models):
-            for method in ("best_of_n", "smc", "fleming_viot"):
-                pts = sorted((r["nfe"], r["accuracy"]) for r in rows if r["model"] == model and r["method"] == method)
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=method)
-            ax.set_xscale("log", base=2)
-            ax.set(title=f"shapes {model}", xlabel="NFE per image", ylabel="accuracy (exact evaluator)")
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(a.plot, dpi=120)
+        plot(rows, a.models, a.plot)
     return result
 
 

@@ -50,3 +50,19 @@ def test_best_of_n_pool_picks_the_best_reward_in_each_disjoint_group():
     assert all(c == (2, 8, True) or c == (1, 8, True) for c in fake.calls)  # one pooled call per prompt batch, N = max
     with pytest.raises(ValueError, match="divide the largest"):
         shapes_scaling.run_best_of_n_pool(fake, [RECORD], 1, 5, 1.0, [3, 8], 1)
+
+
+def test_merge_weights_slices_by_prompts_and_seeds():
+    def res(limit, seeds, acc_single, acc_two, nfe, seconds):
+        row = {"model": "sd", "method": "smc", "options": {"num_particles": 4}, "nfe": nfe, "reward_calls": 20.0, "mean_reward": 70.0,
+               "tasks": {"single_object": acc_single, "two_object": acc_two}, "accuracy": (acc_single + acc_two) / 2, "seconds": seconds}
+        return {"config": {"limit": limit, "seeds": seeds}, "rows": [row]}
+
+    out = shapes_scaling.merge([res(24, 2, 1.0, 0.5, 100.0, 10.0), res(8, 2, 0.0, 0.5, 100.0, 5.0)])
+    (row,) = out["rows"]
+    assert row["tasks"] == pytest.approx({"single_object": 0.75, "two_object": 0.5})
+    assert row["accuracy"] == pytest.approx(0.625) and row["seconds"] == 15.0 and row["nfe"] == 100.0
+    broken = res(8, 2, 0.0, 0.5, 100.0, 5.0)
+    broken["rows"][0]["options"] = {"num_particles": 8}
+    with pytest.raises(ValueError, match="missing"):
+        shapes_scaling.merge([res(24, 2, 1.0, 0.5, 100.0, 10.0), broken])
