@@ -71,7 +71,7 @@ def run_config(steered, records, seeds: int, steps: int, guidance: float, n: int
 
 
 def run_best_of_n_pool(steered, records, seeds: int, steps: int, guidance: float, ns: list[int], batch_prompts: int,
-                       seed_offset: int = 0) -> list[dict]:
+                       seed_offset: int = 0, **opts) -> list[dict]:
     """Best-of-N for every N in ``ns`` from one pool of max(ns) independent particles per prompt and seed.
 
     The pool is split into max(ns)/N disjoint groups; each group's best-reward particle is judged, and
@@ -82,7 +82,7 @@ def run_best_of_n_pool(steered, records, seeds: int, steps: int, guidance: float
     if any(big % n for n in ns):
         raise ValueError(f"every best-of-N count must divide the largest ({big}), got {ns}")
     t0 = time.perf_counter()
-    it, stats = _generate(steered, records, seeds, steps, guidance, big, batch_prompts, seed_offset, return_all=True)
+    it, stats = _generate(steered, records, seeds, steps, guidance, big, batch_prompts, seed_offset, return_all=True, **opts)
     pool = []  # (tag, correct per particle, reward per particle)
     for rec, imgs, r in it:
         pool.append((rec["tag"], np.array([evaluate_image(im, rec).correct for im in imgs]), r))
@@ -116,10 +116,13 @@ def plot(rows: list[dict], models: list[str], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for method in ("best_of_n", "smc", "fleming_viot"):
-            pts = sorted((r["nfe"], r["accuracy"]) for r in rows if r["model"] == model and r["method"] == method)
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=method)
+        labels: dict[str, list] = {}
+        for r in rows:
+            if r["model"] == model:
+                eta = r["options"].get("eta")
+                labels.setdefault(r["method"] + (f" (eta={eta:g})" if eta is not None else ""), []).append((r["nfe"], r["accuracy"]))
+        for label, pts in labels.items():
+            ax.plot(*zip(*sorted(pts)), marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set(title=f"shapes {model}", xlabel="NFE per image", ylabel="accuracy (exact evaluator)")
         ax.legend()
@@ -156,7 +159,8 @@ def main(argv=None) -> dict:
     p.add_argument("--merge", type=Path, nargs="+", help="combine the JSON results of runs on disjoint slices into --out/--plot")
     p.add_argument("--models", nargs="+", default=["sd", "flow"], choices=["sd", "flow"])
     p.add_argument("--bon", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="best-of-N particle counts")
-    p.add_argument("--smc", type=int, nargs="+", default=[4, 8], help="SMC and Fleming-Viot particle counts")
+    p.add_argument("--bon-eta", type=float, help="step noise of the best-of-N particles (default 0: the deterministic sampler)")
+    p.add_argument("--smc", type=int, nargs="*", default=[4, 8], help="SMC and Fleming-Viot particle counts (none: best-of-N only)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
@@ -194,12 +198,13 @@ def main(argv=None) -> dict:
         pipe.set_progress_bar_config(disable=True)
         if a.bon_mode == "pool":
             steered = steer.wrap(pipe, method="best_of_n", reward=reward)
-            for n, row in zip(a.bon, run_best_of_n_pool(steered, records, a.seeds, a.steps, a.guidance, a.bon, a.batch_prompts, seed0)):
-                rows.append({"model": model, "method": "best_of_n", "options": {"num_particles": n}, **row})
+            bon_opts = {"eta": a.bon_eta} if a.bon_eta is not None else {}
+            for n, row in zip(a.bon, run_best_of_n_pool(steered, records, a.seeds, a.steps, a.guidance, a.bon, a.batch_prompts, seed0, **bon_opts)):
+                rows.append({"model": model, "method": "best_of_n", "options": {"num_particles": n, **bon_opts}, **row})
                 _print(rows[-1])
             configs = []
         else:
-            configs = [("best_of_n", n, {}) for n in a.bon]
+            configs = [("best_of_n", n, {"eta": a.bon_eta} if a.bon_eta is not None else {}) for n in a.bon]
         search = {"lam": a.lam, "interval": a.interval, **({"eta": a.eta} if a.eta is not None else {})}
         configs += [("smc", n, {"potential": a.potential, **search}) for n in a.smc]
         configs += [("fleming_viot", n, dict(search)) for n in a.smc]
