@@ -108,6 +108,19 @@ def _print(row: dict) -> None:
           f"acc={row['accuracy']:.3f} reward={row['mean_reward']:.2f} {row['seconds']:.0f}s", flush=True)
 
 
+def markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table (per-task accuracy included)."""
+    head = "| model | method | N | NFE/img | reward calls/img | " + " | ".join(TASKS) + " | accuracy | mean reward | seconds |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        o = r["options"]
+        name = r["method"] + (f" (eta={o['eta']:g})" if o.get("eta") is not None else "")
+        tasks = " | ".join(f"{r['tasks'].get(t, float('nan')):.3f}" for t in TASKS)
+        lines.append(f"| {r['model']} | {name} | {o['num_particles']} | {r['nfe']:.0f} | {r['reward_calls']:.0f} | {tasks} | "
+                     f"**{r['accuracy']:.3f}** | {r['mean_reward']:.2f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], models: list[str], path: Path) -> None:
     import matplotlib
 
@@ -178,8 +191,7 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     if a.merge:
         result = merge([json.loads(f.read_text()) for f in a.merge])
-        for row in result["rows"]:
-            _print(row)
+        print(markdown(result["rows"]))
         if a.out:
             a.out.parent.mkdir(parents=True, exist_ok=True)
             a.out.write_text(json.dumps(result, indent=2))
@@ -215,6 +227,7 @@ def main(argv=None) -> dict:
             rows.append(row)
             _print(row)
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "rows": rows}
+    print(markdown(rows))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2))
