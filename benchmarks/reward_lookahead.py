@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 
 import steer
 from steer.eval.geneval import TASKS
-from steer.shapes import evaluate_image, load_flow_pipeline, load_pipeline, load_reward
+from steer.shapes import evaluate_image, load_flow_pipeline, load_pipeline, load_reward, to_uint8
 from steer.shapes.prompts import make_prompt_set
 
 
@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
             chunk = records[start : start + 8]
             out = steered([r["prompt"] for r in chunk], num_inference_steps=a.steps, guidance_scale=a.guidance, num_particles=n,
                           generator=[torch.Generator().manual_seed(start + i) for i in range(len(chunk))], output_type="np", return_all=True)
-            imgs = np.clip(np.rint(out.images * 255), 0, 255).astype(np.uint8)
+            imgs = to_uint8(out.images)
             final = np.asarray(out.trace.final_rewards)
             for i, rec in enumerate(chunk):
                 ok = np.array([evaluate_image(im, rec).correct for im in imgs[i * n : (i + 1) * n]])

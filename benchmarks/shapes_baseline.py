@@ -20,7 +20,7 @@ import torch
 
 from steer.eval.geneval import TASKS, format_table, summarize
 from steer.eval.stats import auroc
-from steer.shapes import evaluate_image, load_flow_pipeline, load_pipeline, load_prompts, load_reward
+from steer.shapes import evaluate_image, load_flow_pipeline, load_pipeline, load_prompts, load_reward, to_uint8
 
 
 def generate(pipe, records, seeds: int, steps: int, guidance: float, batch: int, **call_kwargs):
@@ -37,7 +37,7 @@ def generate(pipe, records, seeds: int, steps: int, guidance: float, batch: int,
             output_type="np",
             **call_kwargs,
         ).images
-        images += [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in out]
+        images += list(to_uint8(out))
     return images
 
 

@@ -20,7 +20,7 @@ import torch
 
 import steer
 from steer.eval.geneval import TASKS, summarize
-from steer.shapes import evaluate_image, load_flow_pipeline, load_pipeline, load_prompts, load_reward
+from steer.shapes import evaluate_image, load_flow_pipeline, load_pipeline, load_prompts, load_reward, to_uint8
 
 
 EVAL_SEED = 2026  # make_prompt_set seed of the shipped eval prompts; tuning uses other seeds
@@ -39,21 +39,12 @@ def _generate(steered, records, seeds: int, steps: int, guidance: float, n: int,
                               generator=gens, output_type="np", **opts)
                 stats["nfe"] += out.trace.nfe
                 stats["reward_calls"] += out.trace.reward_calls
-                imgs = np.clip(np.rint(out.images * 255), 0, 255).astype(np.uint8)
+                imgs = to_uint8(out.images)
                 k = len(imgs) // len(chunk)
                 for i, rec in enumerate(chunk):
                     yield rec, imgs[i * k : (i + 1) * k], np.asarray(out.rewards[i * k : (i + 1) * k])
 
     return gen(), stats
-
-
-def _summary(per_prompt: list[tuple[str, float]]) -> tuple[float, dict]:
-    """Unweighted mean over tasks of the mean (possibly fractional) correctness per task."""
-    by_task: dict[str, list[float]] = {}
-    for tag, v in per_prompt:
-        by_task.setdefault(tag, []).append(v)
-    tasks = {t: float(np.mean(by_task[t])) for t in TASKS if t in by_task}
-    return float(np.mean(list(tasks.values()))), tasks
 
 
 def run_config(steered, records, seeds: int, steps: int, guidance: float, n: int, batch_prompts: int, seed_offset: int = 0, **opts) -> dict:
@@ -95,9 +86,9 @@ def run_best_of_n_pool(steered, records, seeds: int, steps: int, guidance: float
             pick = groups[np.arange(len(groups)), r[groups].argmax(1)]
             per_prompt.append((tag, float(ok[pick].mean())))
             best_rewards.append(float(r[pick].mean()))
-        acc, tasks = _summary(per_prompt)
+        s = summarize(per_prompt)
         rows.append({"nfe": stats["nfe"] / len(pool) * n / big, "reward_calls": stats["reward_calls"] / len(pool) * n / big,
-                     "accuracy": acc, "tasks": tasks, "mean_reward": float(np.mean(best_rewards)),
+                     "accuracy": s["overall"], "tasks": s["tasks"], "mean_reward": float(np.mean(best_rewards)),
                      "seconds": round(seconds * n / big, 2), "estimate": f"pool of {big}"})
     return rows
 

@@ -103,3 +103,9 @@ def test_load_metadata_reports_file_and_line(tmp_path):
 def test_official_geneval_metadata_validates():
     records = load_metadata(SHARED)
     assert len(records) == 553
+
+
+def test_summarize_takes_fractional_correctness():
+    s = summarize([("single_object", 0.5), ("single_object", 1.0), ("counting", 0.25)])
+    assert s["tasks"] == {"single_object": 0.75, "counting": 0.25}
+    assert s["overall"] == 0.5 and s["counts"] == {"single_object": 2, "counting": 1}

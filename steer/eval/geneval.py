@@ -245,12 +245,16 @@ def evaluate_detections(
     return Verdict(tag=metadata["tag"], correct=bool(correct), reasons=reasons)
 
 
-def summarize(verdicts: Iterable[Verdict | tuple[str, bool]]) -> dict:
-    """GenEval summary: per-task accuracy and their unweighted mean, ``{"overall", "tasks", "counts"}``."""
-    hits: dict[str, list[bool]] = defaultdict(list)
+def summarize(verdicts: Iterable[Verdict | tuple[str, bool | float]]) -> dict:
+    """GenEval summary: per-task accuracy and their unweighted mean, ``{"overall", "tasks", "counts"}``.
+
+    Items are verdicts or ``(tag, correct)`` pairs; ``correct`` may be a fraction in [0, 1] (e.g. the
+    share of correct images among several picks for one prompt).
+    """
+    hits: dict[str, list[float]] = defaultdict(list)
     for v in verdicts:
         tag, ok = (v.tag, v.correct) if isinstance(v, Verdict) else v
-        hits[tag].append(bool(ok))
+        hits[tag].append(float(ok))
     tasks = {t: float(np.mean(hits[t])) for t in TASKS if hits.get(t)}
     tasks.update({t: float(np.mean(h)) for t, h in hits.items() if t not in tasks})
     overall = float(np.mean(list(tasks.values()))) if tasks else float("nan")

@@ -21,7 +21,7 @@ def grid(images: list[np.ndarray], scale: int = 4) -> Image.Image:
 
 
 def main(argv=None) -> int:
-    from . import evaluate_image, load_flow_pipeline, load_pipeline, parse_prompt
+    from . import evaluate_image, load_flow_pipeline, load_pipeline, parse_prompt, to_uint8
 
     p = argparse.ArgumentParser(prog="python -m steer.shapes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompts", nargs="+", help="shapes-world prompts (GenEval templates)")
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         gens = [torch.Generator().manual_seed(a.seed + i) for i in range(a.num_images)]
         # plain: one image per generator; steered: one search per image (its own particles and seed), batched in one call
         images = pipe([rec["prompt"]] * a.num_images, num_inference_steps=a.steps, guidance_scale=a.guidance, generator=gens, output_type="np").images
-        images = [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in images]
+        images = list(to_uint8(images))
         verdicts = [evaluate_image(im, rec) for im in images]
         path = a.out / f"{a.model}_{a.method or 'plain'}_{rec['prompt'].replace(' ', '_')}.png"
         grid(images).save(path)

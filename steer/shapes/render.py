@@ -43,5 +43,10 @@ def render(scene: Scene) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Pipeline images in [0, 1] (``output_type="np"``) → uint8, the evaluator's input, rounded as PIL output is."""
+    return np.clip(np.rint(np.asarray(images) * 255), 0, 255).astype(np.uint8)
+
+
 def render_pil(scene: Scene) -> Image.Image:
     return Image.fromarray(render(scene))
