@@ -1,34 +1,70 @@
 """Exact detector and evaluator for generated shapes images.
 
-Detection: pixels far enough from the background are foreground; each gets the palette
-colour of nearest hue; connected components of the foreground are split by colour where
-two colours each hold a real share; each part's shape is the template (circle, square,
-upright triangle, drawn into the part's bounding box) with the best IoU, and that IoU is
-the detection's confidence. Hue- and coverage-based tests make it robust to the blur and
-the brightness/colour drift a generative model produces.
+Detection, in three steps:
 
-Scoring: the GenEval rules of :mod:`steer.eval.geneval`, with confidence thresholds
-calibrated for this detector (:data:`SHAPES_RULES`).
+1. **Foreground and colour.** Pixels far enough from the background (estimated opacity over
+   it, and saturation) are foreground; each gets the palette colour of nearest hue.
+2. **Objects.** Connected foreground components are objects. A component holding a second
+   colour is explained both ways, as one object (a shaded object) and as one object per
+   colour region (touching objects); the explanation whose shapes fit better wins, so a
+   colour gradient inside one object never splits it and two touching objects of different
+   colours are split at their boundary.
+3. **Shape.** Each object's opacity map is matched against a bank of posed templates
+   (:mod:`steer.shapes.geometry`): circles and ellipses, squares and near-square rectangles,
+   isosceles triangles, at every rotation, sized from the object's soft area and centred on
+   its soft centroid, then refined at a few blur levels. The soft IoU of the best template
+   is the confidence. An object whose best IoU is below :data:`MIN_IOU`, or whose best class
+   is not ahead of the runner-up class by :data:`MIN_MARGIN`, is *unrecognised*
+   (label ``"unknown"``): it counts as no object of any class, as GenEval's detector would
+   miss a blob. Both thresholds were chosen on labelled synthetic shapes and blobs
+   (``benchmarks/shapes_audit.py calibrate``), not on the audit images.
+
+Scoring: the GenEval rules of :mod:`steer.eval.geneval` (:data:`SHAPES_RULES`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 from ..eval.geneval import Detection, RuleConfig, Verdict, evaluate_detections, summarize
-from .render import shape_coverage
+from .geometry import box_of, coverage
 from .world import BACKGROUND, PALETTE, SHAPES
 
-#: IoU-confidence thresholds for this detector (GenEval's are 0.3/0.9 for Mask2Former scores).
-SHAPES_RULES = RuleConfig(threshold=0.5, counting_threshold=0.6)
+UNKNOWN = "unknown"  #: label of an object whose shape is not recognised
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """When a best-fitting class is accepted: thresholds on the fit's features (calibrated, see the module doc)."""
+
+    min_iou: float  # best-template soft IoU
+    min_margin: float = 0.0  # lead over the runner-up class
+    max_spike: float = float("inf")  # farthest outline radius over the median (points, stems)
+    min_solidity: float = 0.0  # area over convex-hull area (bites, notches, fused pairs)
+
+    def accepts(self, fit: "ShapeFit") -> bool:
+        return (fit.iou >= self.min_iou and fit.margin >= self.min_margin and fit.spike <= self.max_spike
+                and fit.solidity >= self.min_solidity)
+
+
+#: per-class acceptance, chosen by ``benchmarks/shapes_audit.py calibrate`` on labelled synthetic shapes and blobs
+ACCEPT: dict[str, Acceptance] = {
+    "circle": Acceptance(min_iou=0.92, min_margin=0.06, max_spike=1.12),
+    "square": Acceptance(min_iou=0.86, min_solidity=0.9),
+    "triangle": Acceptance(min_iou=0.78),
+}
+#: recognised detections carry their IoU (>= MIN_IOU) as score; unrecognised ones never match a class
+SHAPES_RULES = RuleConfig(threshold=0.5, counting_threshold=0.5)
 MIN_AREA = 10  # pixels; the smallest object (8 px triangle) covers about 30
 MIN_COVERAGE = 0.45  # estimated opacity above which a pixel is foreground
 MIN_SATURATION = 0.25
-MIN_SHARE = 0.3  # a second colour inside a component becomes its own part above this share
+MIN_FRAGMENT = 4  # pixels of another colour from which a component is also fitted without them
 
 
 def _to_array(image) -> np.ndarray:
@@ -72,64 +108,182 @@ def segment(image) -> tuple[np.ndarray, np.ndarray]:
     return np.where(fg, idx, -1), alpha
 
 
-_SIGMAS = (0.0, 0.7, 1.4)  # blur levels tried when matching templates
+# --- the template bank: (shape, aspect, angle) poses; sizes and centres come from each object ---
+
+def _poses() -> dict[str, np.ndarray]:
+    """Per class, rows of (aspect, angle, taper)."""
+    circle = [(1.0, 0.0, 0.0)] + [(r, a, 0.0) for r in (1.12, 1.25) for a in range(0, 180, 15)]
+    square = [(1.0, a, 0.0) for a in np.arange(0, 90, 7.5)] + [(r, a, 0.0) for r in (1.2, 1.4) for a in np.arange(0, 180, 7.5)]
+    square += [(r, a, t) for r in (1.0, 1.2) for t in (0.15, 0.3) for a in range(0, 360, 15)]
+    triangle = [(r, a, 0.0) for r in (0.7, 0.85, 1.0, 1.2, 1.45, 1.75) for a in range(0, 360, 10)]
+    return {shape: np.array(p, dtype=np.float64) for shape, p in (("circle", circle), ("square", square), ("triangle", triangle))}
 
 
-def _classify(alpha: np.ndarray, mask: np.ndarray, region: np.ndarray) -> tuple[str, float, tuple[float, float, float, float]]:
-    """Best-matching shape for one part: (shape, soft IoU, fitted box).
+_BANK = _poses()
+_SIGMAS = (0.0, 0.6, 1.0, 1.5)  # blur levels tried on each class's best poses
+_PAD = 3  # window margin around an object, pixels
 
-    Each shape's template is sized from the part's soft area (blur preserves it), centred
-    on its soft centroid, blurred at a few levels, and compared by soft IoU with the
-    part's opacity map; the best match wins.
+
+@dataclass
+class ShapeFit:
+    """The best template of each class for one object, and outline features (acceptance: :class:`Acceptance`)."""
+
+    best: str  # the best-fitting class
+    iou: float  # its soft IoU
+    margin: float  # lead of the best class over the runner-up class
+    ious: dict[str, float]  # best IoU per class
+    box: tuple[float, float, float, float]
+    spike: float = 1.0  # farthest outline point over the median outline radius (points and stems stick out)
+    solidity: float = 1.0  # area over convex-hull area (bites, notches, L-shapes and fused pairs fall short)
+
+
+def _soft_iou(a: np.ndarray, t: np.ndarray, keep: np.ndarray | float = 1.0) -> np.ndarray:
+    """Soft IoU of one map ``(h, w)`` with templates ``(P, h, w)``, over the pixels ``keep`` marks."""
+    return (np.minimum(a, t) * keep).sum((-2, -1)) / np.maximum((np.maximum(a, t) * keep).sum((-2, -1)), 1e-9)
+
+
+def _outline(win: np.ndarray, cx: float, cy: float, x0: int, y0: int, zoom: int = 4, bins: int = 36) -> tuple[float, float]:
+    """(spike, solidity) of the map's half-opacity region, upsampled ``zoom`` times.
+
+    spike: the farthest outline radius from the centroid over the median one (per angular bin);
+    solidity: the region's area over its convex hull's.
     """
-    plateau = np.percentile(alpha[mask], 90)
-    a = np.where(region, np.clip(alpha / max(plateau, 1e-6), 0.0, 1.0), 0.0)
-    area = a.sum()
+    up = ndimage.zoom(win, zoom, order=1) > 0.5
+    ys, xs = np.nonzero(up)
+    if len(xs) < 3:
+        return 1.0, 1.0
+    dx, dy = x0 + (xs + 0.5) / zoom - cx, y0 + (ys + 0.5) / zoom - cy
+    r = np.hypot(dx, dy)
+    k = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * bins).astype(int) % bins
+    radius = np.zeros(bins)
+    np.maximum.at(radius, k, r)
+    spike = float(radius.max() / max(np.median(radius), 1e-6))
+    try:  # hull of the pixel squares' corners, so a filled region has solidity 1
+        pts = np.concatenate([np.stack([xs + a, ys + b], 1) for a in (0, 1) for b in (0, 1)]).astype(np.float64)
+        hull = ConvexHull(pts).volume
+    except QhullError:
+        return spike, 1.0
+    return spike, float(min(len(xs) / hull, 1.0))
+
+
+def fit_shape(a: np.ndarray, ignore: np.ndarray | None = None) -> ShapeFit:
+    """Classify one object from its normalised opacity map ``a`` (``(H, W)`` in [0, 1], zero off the object).
+
+    ``ignore`` marks pixels where the object may be hidden (an object touching it): templates are
+    compared with the map everywhere else, so an occluded shape is not penalised for its hidden part.
+    """
+    area = float(a.sum())
+    ys, xs = np.nonzero(a > 0)
     h, w = a.shape
-    ys, xs = np.mgrid[0:h, 0:w] + 0.5
-    cx, cy = (a * xs).sum() / area, (a * ys).sum() / area
-    best = (SHAPES[0], -1.0, (0.0, 0.0, 0.0, 0.0))
-    for shape in SHAPES:
-        side = {"circle": np.sqrt(4 * area / np.pi), "square": np.sqrt(area), "triangle": np.sqrt(2 * area)}[shape]
-        by = cy - side / 6 if shape == "triangle" else cy  # a triangle's centroid sits 2/3 down its box
-        box = (cx - side / 2, by - side / 2, cx + side / 2, by + side / 2)
-        tmpl = shape_coverage(shape, box, h, w)
-        for sigma in _SIGMAS:
-            t = ndimage.gaussian_filter(tmpl, sigma) if sigma else tmpl
-            iou = float(np.minimum(a, t).sum() / max(np.maximum(a, t).sum(), 1e-9))
-            if iou > best[1]:
-                best = (shape, iou, tuple(float(v) for v in box))
-    return best
+    y0, y1 = max(ys.min() - _PAD, 0), min(ys.max() + _PAD + 1, h)
+    x0, x1 = max(xs.min() - _PAD, 0), min(xs.max() + _PAD + 1, w)
+    win = a[y0:y1, x0:x1]
+    keep = 1.0 if ignore is None else 1.0 - ignore[y0:y1, x0:x1].astype(np.float64)
+    gy, gx = np.mgrid[y0:y1, x0:x1] + 0.5
+    cx, cy = float((win * gx).sum() / area), float((win * gy).sum() / area)
+    ious, poses = {}, {}
+    for shape, bank in _BANK.items():
+        aspects, angles = bank[:, 0], bank[:, 1]
+        coarse = coverage(shape, cx, cy, area, aspects, angles, y1 - y0, x1 - x0, x0, y0, supersample=2, taper=bank[:, 2])
+        best = np.argsort(-_soft_iou(win, coarse, keep))[:3]  # the best poses on a coarse grid, then finely
+        t = coverage(shape, cx, cy, area, aspects[best], angles[best], y1 - y0, x1 - x0, x0, y0, taper=bank[best, 2])
+        sharp = _soft_iou(win, t, keep)
+        top = (float(sharp.max()), int(best[sharp.argmax()]))
+        for j, k in enumerate(best):  # blur the best poses: generated objects have soft edges
+            for sigma in _SIGMAS[1:]:
+                iou = float(_soft_iou(win, ndimage.gaussian_filter(t[j], sigma)[None], keep)[0])
+                if iou > top[0]:
+                    top = (iou, int(k))
+        ious[shape], poses[shape] = top[0], (float(aspects[top[1]]), float(angles[top[1]]))  # box: taper ignored
+    order = sorted(ious, key=ious.get, reverse=True)
+    best, second = order[0], order[1]
+    margin = ious[best] - ious[second]
+    box = box_of(best, cx, cy, area, *poses[best])
+    return ShapeFit(best, ious[best], margin, ious, box, *_outline(win, cx, cy, x0, y0))
 
 
-def detect(image) -> list[Detection]:
-    """Find the shapes in an image (PIL image or ``(H, W, 3)`` array, uint8 or float in [0, 1])."""
+def _opacity(labels: np.ndarray, alpha: np.ndarray, mask: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """An object's opacity map on its mask dilated by 2 px less other objects, normalised to 1 inside (by the median opacity, robust to noise).
+
+    Opacity is measured against each pixel's nearest palette colour, so a shaded object reads
+    higher in one colour than another: each colour region is normalised by its own plateau.
+    """
+    region = ndimage.binary_dilation(mask, iterations=2) & ~others
+    plateau = np.full(alpha.shape, max(np.median(alpha[mask]), 1e-6))
+    for c in np.unique(labels[mask]):
+        own = mask & (labels == c)
+        if own.sum() >= MIN_AREA:
+            plateau[region & (labels == c)] = max(np.median(alpha[own]), 1e-6)
+    return np.where(region, np.clip(alpha / plateau, 0.0, 1.0), 0.0)
+
+
+def _colour(labels: np.ndarray, alpha: np.ndarray, mask: np.ndarray) -> int:
+    return int(np.bincount(labels[mask], weights=np.clip(alpha[mask], 0, None), minlength=len(_NAMES)).argmax())
+
+
+@dataclass
+class Candidate:
+    """One connected foreground component, fitted whole and (when it holds several colours) per colour region."""
+
+    whole: tuple[np.ndarray, int, ShapeFit]  # (mask, palette index, fit)
+    parts: list[tuple[np.ndarray, int, ShapeFit]]
+
+
+def candidates(image) -> list[Candidate]:
+    """Every component of an image with its shape fits; :func:`resolve` turns them into objects."""
     labels, alpha = segment(image)
     fg = labels >= 0
     comps, n = ndimage.label(fg)
-    parts: list[tuple[np.ndarray, int]] = []
+    out = []
     for k in range(1, n + 1):
-        comp = comps == k
-        if comp.sum() < MIN_AREA:
+        mask = comps == k
+        if mask.sum() < MIN_AREA:
             continue
-        colors, counts = np.unique(labels[comp], return_counts=True)
-        major = [c for c, m in zip(colors, counts) if m >= MIN_AREA and m / counts.sum() >= MIN_SHARE]
-        if len(major) <= 1:
-            parts.append((comp, int(colors[counts.argmax()])))  # one object, coloured by its majority
-            continue
-        for c in major:  # touching objects of different colours
-            sub, m = ndimage.label(comp & (labels == c))
-            parts += [(sub == j, int(c)) for j in range(1, m + 1) if (sub == j).sum() >= MIN_AREA]
-    dets: list[Detection] = []
-    for i, (mask, c) in enumerate(parts):
-        others = np.zeros_like(fg)
-        for j, (m, _) in enumerate(parts):
-            if j != i:
-                others |= m
-        region = ndimage.binary_dilation(mask, iterations=2) & ~others
-        shape, iou, box = _classify(alpha, mask, region)
-        dets.append(Detection(label=shape, score=iou, box=box, color=_NAMES[c], mask=mask))
+        whole = (mask, _colour(labels, alpha, mask), fit_shape(_opacity(labels, alpha, mask, fg & ~mask)))
+        colours, counts = np.unique(labels[mask], return_counts=True)
+        parts = []
+        if (counts >= MIN_FRAGMENT).sum() > 1:
+            for c, m in zip(colours, counts):  # colour regions; fragments smaller than MIN_AREA are left out
+                sub, j = ndimage.label(mask & (labels == c))
+                parts += [(sub == i, int(c)) for i in range(1, j + 1) if (sub == i).sum() >= MIN_AREA]
+        split = len(parts) > 1 or (len(parts) == 1 and parts[0][0].sum() < mask.sum() - MIN_FRAGMENT)
+        fits = []
+        for pm, _ in parts if split else []:  # a part may be hidden under the rest of its component
+            rest = ndimage.binary_dilation(mask & ~pm) & ~pm
+            fits.append(fit_shape(_opacity(labels, alpha, pm, fg & ~pm), ignore=rest))
+        out.append(Candidate(whole, [(pm, c, f) for (pm, c), f in zip(parts, fits)]))
+    return out
+
+
+def resolve(cands: Sequence[Candidate], accept: dict[str, Acceptance] | None = None) -> list[Detection]:
+    """Objects from fitted components: a multi-colour component is split when its colour regions fit better.
+
+    Split when every region is a recognised shape and the whole is not, or fits worse on average;
+    when neither explanation is recognised, the regions are reported (as unknown objects).
+    """
+    accept = accept or ACCEPT
+
+    def label(fit: ShapeFit) -> str:
+        return fit.best if accept[fit.best].accepts(fit) else UNKNOWN
+
+    dets = []
+    for cand in cands:
+        objs = [cand.whole]
+        if cand.parts:
+            whole_ok = label(cand.whole[2]) != UNKNOWN
+            split_ok = all(label(f) != UNKNOWN for _, _, f in cand.parts)
+            if not whole_ok or (split_ok and cand.whole[2].iou < np.mean([f.iou for _, _, f in cand.parts])):
+                objs = cand.parts
+        dets += [Detection(label=label(f), score=f.iou, box=f.box, color=_NAMES[c], mask=m) for m, c, f in objs]
     return dets
+
+
+def detect(image, accept: dict[str, Acceptance] | None = None) -> list[Detection]:
+    """Find the shapes in an image (PIL image or ``(H, W, 3)`` array, uint8 or float in [0, 1]).
+
+    Unrecognised objects are returned with label ``"unknown"`` (no GenEval class matches them).
+    """
+    return resolve(candidates(image), accept)
 
 
 def evaluate_image(image, record: dict, rules: RuleConfig = SHAPES_RULES) -> Verdict:
