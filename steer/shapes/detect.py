@@ -6,18 +6,20 @@ Detection, in three steps:
    it, and saturation) are foreground; each gets the palette colour of nearest hue.
 2. **Objects.** Connected foreground components are objects. A component holding a second
    colour is explained both ways, as one object (a shaded object) and as one object per
-   colour region (touching objects); the explanation whose shapes fit better wins, so a
-   colour gradient inside one object never splits it and two touching objects of different
-   colours are split at their boundary.
+   colour region (touching objects, each fitted with the other's pixels ignored, since it may
+   hide under them); the explanation whose shapes fit better wins, so a colour gradient
+   inside one object does not split it and two touching objects of different colours are
+   split at their boundary.
 3. **Shape.** Each object's opacity map is matched against a bank of posed templates
-   (:mod:`steer.shapes.geometry`): circles and ellipses, squares and near-square rectangles,
-   isosceles triangles, at every rotation, sized from the object's soft area and centred on
-   its soft centroid, then refined at a few blur levels. The soft IoU of the best template
-   is the confidence. An object whose best IoU is below :data:`MIN_IOU`, or whose best class
-   is not ahead of the runner-up class by :data:`MIN_MARGIN`, is *unrecognised*
-   (label ``"unknown"``): it counts as no object of any class, as GenEval's detector would
-   miss a blob. Both thresholds were chosen on labelled synthetic shapes and blobs
-   (``benchmarks/shapes_audit.py calibrate``), not on the audit images.
+   (:mod:`steer.shapes.geometry`): circles and mild ellipses, squares, near-square rectangles
+   and slight trapezoids, isosceles triangles, at every rotation, sized from the object's soft
+   area and centred on its soft centroid, then refined at a few blur levels. The soft IoU of
+   the best template is the confidence. The best class is accepted only when the fit passes
+   that class's :class:`Acceptance` (:data:`ACCEPT`: IoU, lead over the runner-up class, how far
+   the outline spikes out, solidity); otherwise the object is *unrecognised* (label
+   ``"unknown"``) and counts as no object of any class, as GenEval's detector would miss a
+   blob. The thresholds were chosen by ``benchmarks/shapes_audit.py calibrate`` on labelled
+   data: synthetic shapes and blobs, and the even half of the hand-labelled audit set.
 
 Scoring: the GenEval rules of :mod:`steer.eval.geneval` (:data:`SHAPES_RULES`).
 """
@@ -59,7 +61,7 @@ ACCEPT: dict[str, Acceptance] = {
     "square": Acceptance(min_iou=0.86, min_solidity=0.9),
     "triangle": Acceptance(min_iou=0.78),
 }
-#: recognised detections carry their IoU (>= MIN_IOU) as score; unrecognised ones never match a class
+#: the detector does the refusing (unrecognised objects never match a class); these only drop near-empty fits
 SHAPES_RULES = RuleConfig(threshold=0.5, counting_threshold=0.5)
 MIN_AREA = 10  # pixels; the smallest object (8 px triangle) covers about 30
 MIN_COVERAGE = 0.45  # estimated opacity above which a pixel is foreground
