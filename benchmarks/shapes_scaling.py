@@ -26,6 +26,11 @@ from steer.shapes import evaluate_image, load_flow_pipeline, load_pipeline, load
 EVAL_SEED = 2026  # make_prompt_set seed of the shipped eval prompts; tuning uses other seeds
 
 
+def judged_records(records: list[dict], seeds: int) -> list[dict]:
+    """The record of each judged image, in the order :func:`_generate` yields them (seed-major)."""
+    return [rec for _ in range(seeds) for rec in records]
+
+
 def _generate(steered, records, seeds: int, steps: int, guidance: float, n: int, batch_prompts: int, seed_offset: int = 0, **opts):
     """Yield (record, images (k, H, W, 3) uint8, rewards (k,)) per prompt and seed, plus running NFE / reward calls."""
     stats = {"nfe": 0, "reward_calls": 0}
@@ -47,22 +52,49 @@ def _generate(steered, records, seeds: int, steps: int, guidance: float, n: int,
     return gen(), stats
 
 
-def run_config(steered, records, seeds: int, steps: int, guidance: float, n: int, batch_prompts: int, seed_offset: int = 0, **opts) -> dict:
-    """Run one method at N particles; the returned image of every prompt × seed is judged by the exact evaluator."""
+def judge_selected(records: list[dict], images: np.ndarray) -> dict:
+    """Accuracy of one returned image per (prompt × seed) record, by the exact evaluator."""
+    s = summarize([evaluate_image(im, rec) for im, rec in zip(images, records, strict=True)])
+    return {"accuracy": s["overall"], "tasks": s["tasks"]}
+
+
+def run_config(steered, records, seeds: int, steps: int, guidance: float, n: int, batch_prompts: int, seed_offset: int = 0,
+               keep: dict | None = None, **opts) -> dict:
+    """Run one method at N particles; the returned image of every prompt × seed is judged by the exact evaluator.
+
+    ``keep`` (a dict) receives the judged ``images`` and ``rewards``, to judge them again later (``--rejudge``).
+    """
     t0 = time.perf_counter()
     it, stats = _generate(steered, records, seeds, steps, guidance, n, batch_prompts, seed_offset, **opts)
-    verdicts, rewards = [], []
+    recs, images, rewards = [], [], []
     for rec, imgs, r in it:
-        verdicts.append(evaluate_image(imgs[0], rec))
-        rewards.append(float(r[0]))
-    images = len(verdicts)
-    s = summarize(verdicts)
-    return {"nfe": stats["nfe"] / images, "reward_calls": stats["reward_calls"] / images, "accuracy": s["overall"], "tasks": s["tasks"],
-            "mean_reward": float(np.mean(rewards)), "seconds": round(time.perf_counter() - t0, 2)}
+        recs.append(rec), images.append(imgs[0]), rewards.append(float(r[0]))
+    seconds = round(time.perf_counter() - t0, 2)
+    if keep is not None:
+        keep.update(images=np.stack(images), rewards=np.array(rewards))
+    return {"nfe": stats["nfe"] / len(recs), "reward_calls": stats["reward_calls"] / len(recs), **judge_selected(recs, images),
+            "mean_reward": float(np.mean(rewards)), "seconds": seconds}
+
+
+def judge_pool(records: list[dict], pool_images: np.ndarray, pool_rewards: np.ndarray, ns: list[int]) -> list[dict]:
+    """Best-of-N accuracy and reward for each N from a pool ``(records, big, H, W, 3)``: disjoint groups of N, averaged."""
+    big = pool_images.shape[1]
+    pool = [(rec["tag"], np.array([evaluate_image(im, rec).correct for im in imgs]), r) for rec, imgs, r in zip(records, pool_images, pool_rewards)]
+    rows = []
+    for n in ns:
+        per_prompt, best_rewards = [], []
+        for tag, ok, r in pool:
+            groups = np.arange(big).reshape(-1, n)
+            pick = groups[np.arange(len(groups)), r[groups].argmax(1)]
+            per_prompt.append((tag, float(ok[pick].mean())))
+            best_rewards.append(float(r[pick].mean()))
+        s = summarize(per_prompt)
+        rows.append({"accuracy": s["overall"], "tasks": s["tasks"], "mean_reward": float(np.mean(best_rewards))})
+    return rows
 
 
 def run_best_of_n_pool(steered, records, seeds: int, steps: int, guidance: float, ns: list[int], batch_prompts: int,
-                       seed_offset: int = 0, **opts) -> list[dict]:
+                       seed_offset: int = 0, keep: dict | None = None, **opts) -> list[dict]:
     """Best-of-N for every N in ``ns`` from one pool of max(ns) independent particles per prompt and seed.
 
     The pool is split into max(ns)/N disjoint groups; each group's best-reward particle is judged, and
@@ -74,22 +106,17 @@ def run_best_of_n_pool(steered, records, seeds: int, steps: int, guidance: float
         raise ValueError(f"every best-of-N count must divide the largest ({big}), got {ns}")
     t0 = time.perf_counter()
     it, stats = _generate(steered, records, seeds, steps, guidance, big, batch_prompts, seed_offset, return_all=True, **opts)
-    pool = []  # (tag, correct per particle, reward per particle)
+    recs, images, rewards = [], [], []
     for rec, imgs, r in it:
-        pool.append((rec["tag"], np.array([evaluate_image(im, rec).correct for im in imgs]), r))
+        recs.append(rec), images.append(imgs), rewards.append(r)
     seconds = time.perf_counter() - t0
+    images, rewards = np.stack(images), np.stack(rewards)
+    if keep is not None:
+        keep.update(images=images, rewards=rewards)
     rows = []
-    for n in ns:
-        per_prompt, best_rewards = [], []
-        for tag, ok, r in pool:
-            groups = np.arange(big).reshape(-1, n)
-            pick = groups[np.arange(len(groups)), r[groups].argmax(1)]
-            per_prompt.append((tag, float(ok[pick].mean())))
-            best_rewards.append(float(r[pick].mean()))
-        s = summarize(per_prompt)
-        rows.append({"nfe": stats["nfe"] / len(pool) * n / big, "reward_calls": stats["reward_calls"] / len(pool) * n / big,
-                     "accuracy": s["overall"], "tasks": s["tasks"], "mean_reward": float(np.mean(best_rewards)),
-                     "seconds": round(seconds * n / big, 2), "estimate": f"pool of {big}"})
+    for n, judged in zip(ns, judge_pool(recs, images, rewards, ns)):
+        rows.append({"nfe": stats["nfe"] / len(recs) * n / big, "reward_calls": stats["reward_calls"] / len(recs) * n / big,
+                     **judged, "seconds": round(seconds * n / big, 2), "estimate": f"pool of {big}"})
     return rows
 
 
@@ -136,7 +163,11 @@ def plot(rows: list[dict], models: list[str], path: Path) -> None:
 
 
 def merge(results: list[dict]) -> dict:
-    """Combine runs over disjoint prompt slices (``--offset``): per-task accuracies weighted by prompts × seeds."""
+    """Combine runs over disjoint prompt slices (``--offset``: per-task accuracies weighted by prompts × seeds),
+    or runs of different models on the same prompts (their rows side by side)."""
+    models = [{r["model"] for r in res["rows"]} for res in results]
+    if len(results) > 1 and sum(len(m) for m in models) == len(set().union(*models)):
+        return {"config": {"merged": [r["config"] for r in results]}, "rows": [row for res in results for row in res["rows"]]}
     groups: dict[tuple, list[tuple[float, dict]]] = {}
     for res in results:
         w = res["config"]["limit"] * res["config"]["seeds"]
@@ -153,6 +184,40 @@ def merge(results: list[dict]) -> dict:
                "tasks": tasks, "accuracy": float(np.mean(list(tasks.values()))), "seconds": round(sum(r["seconds"] for _, r in parts), 2)}
         rows.append(row)
     return {"config": {"merged": [r["config"] for r in results]}, "rows": rows}
+
+
+def _image_file(folder: Path, row: dict) -> Path:
+    if row.get("estimate", "").startswith("pool"):
+        return folder / f"{row['model']}_best_of_n_pool.npz"
+    eta = row["options"].get("eta")
+    return folder / f"{row['model']}_{row['method']}_{row['options']['num_particles']}{'' if eta is None else f'_eta{eta:g}'}.npz"
+
+
+def save_images(folder: Path, row: dict, records: list[dict], keep: dict) -> None:
+    """The images a row judged (and their rewards), so a later evaluator can judge them again (``--rejudge``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(_image_file(folder, row), images=keep["images"], rewards=keep["rewards"], records=json.dumps(records))
+
+
+def rejudge(result: dict, folder: Path) -> dict:
+    """The rows of an earlier run judged again by today's evaluator, from its saved images (compute figures kept)."""
+    rows, pools = [], {}
+    for row in result["rows"]:
+        f = _image_file(folder, row)
+        if not f.exists():
+            raise FileNotFoundError(f"{f} not found: rerun the study with --images {folder}")
+        data = np.load(f)
+        records = json.loads(str(data["records"]))
+        if row.get("estimate", "").startswith("pool"):
+            if f not in pools:
+                ns = [r["options"]["num_particles"] for r in result["rows"] if _image_file(folder, r) == f]
+                pools[f] = dict(zip(ns, judge_pool(records, data["images"], data["rewards"], ns)))
+            judged = pools[f][row["options"]["num_particles"]]
+        else:
+            judged = {**judge_selected(records, data["images"]), "mean_reward": float(np.mean(data["rewards"]))}
+        rows.append({**row, **judged})
+        _print(rows[-1])
+    return {"config": {**result["config"], "rejudged": True}, "rows": rows}
 
 
 def main(argv=None) -> dict:
@@ -179,7 +244,19 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int)
     p.add_argument("--out", type=Path)
     p.add_argument("--plot", type=Path)
+    p.add_argument("--images", type=Path, help="save every judged image (and its reward) here, for --rejudge")
+    p.add_argument("--rejudge", type=Path, nargs=2, metavar=("RESULT_JSON", "IMAGES"),
+                   help="judge a finished run's saved images again with today's evaluator (no generation)")
     a = p.parse_args(argv)
+    if a.rejudge:
+        result = rejudge(json.loads(a.rejudge[0].read_text()), a.rejudge[1])
+        print(markdown(result["rows"]))
+        if a.out:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(result, indent=2))
+        if a.plot:
+            plot(result["rows"], sorted({r["model"] for r in result["rows"]}, key=["sd", "flow"].index), a.plot)
+        return result
     if a.merge:
         result = merge([json.loads(f.read_text()) for f in a.merge])
         print(markdown(result["rows"]))
@@ -202,9 +279,12 @@ def main(argv=None) -> dict:
         if a.bon_mode == "pool":
             steered = steer.wrap(pipe, method="best_of_n", reward=reward)
             bon_opts = {"eta": a.bon_eta} if a.bon_eta is not None else {}
-            for n, row in zip(a.bon, run_best_of_n_pool(steered, records, a.seeds, a.steps, a.guidance, a.bon, a.batch_prompts, seed0, **bon_opts)):
+            keep: dict = {}
+            for n, row in zip(a.bon, run_best_of_n_pool(steered, records, a.seeds, a.steps, a.guidance, a.bon, a.batch_prompts, seed0, keep=keep, **bon_opts)):
                 rows.append({"model": model, "method": "best_of_n", "options": {"num_particles": n, **bon_opts}, **row})
                 _print(rows[-1])
+            if a.images:
+                save_images(a.images, rows[-1], judged_records(records, a.seeds), keep)
             configs = []
         else:
             configs = [("best_of_n", n, {"eta": a.bon_eta} if a.bon_eta is not None else {}) for n in a.bon]
@@ -214,9 +294,12 @@ def main(argv=None) -> dict:
         for method, n, opts in configs:
             steered = steer.wrap(pipe, method=method, reward=reward)
             row = {"model": model, "method": method, "options": {"num_particles": n, **opts}}
-            row.update(run_config(steered, records, a.seeds, a.steps, a.guidance, n, a.batch_prompts, seed0, **opts))
+            keep = {}
+            row.update(run_config(steered, records, a.seeds, a.steps, a.guidance, n, a.batch_prompts, seed0, keep=keep, **opts))
             rows.append(row)
             _print(row)
+            if a.images:
+                save_images(a.images, row, judged_records(records, a.seeds), keep)
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "rows": rows}
     print(markdown(rows))
     if a.out:
