@@ -54,8 +54,9 @@ def _generate(steered, records, seeds: int, steps: int, guidance: float, n: int,
 
 def judge_selected(records: list[dict], images: np.ndarray) -> dict:
     """Accuracy of one returned image per (prompt × seed) record, by the exact evaluator."""
-    s = summarize([evaluate_image(im, rec) for im, rec in zip(images, records, strict=True)])
-    return {"accuracy": s["overall"], "tasks": s["tasks"]}
+    verdicts = [evaluate_image(im, rec) for im, rec in zip(images, records, strict=True)]
+    s = summarize(verdicts)
+    return {"accuracy": s["overall"], "tasks": s["tasks"], "correct": [int(v.correct) for v in verdicts]}
 
 
 def run_config(steered, records, seeds: int, steps: int, guidance: float, n: int, batch_prompts: int, seed_offset: int = 0,
@@ -89,7 +90,8 @@ def judge_pool(records: list[dict], pool_images: np.ndarray, pool_rewards: np.nd
             per_prompt.append((tag, float(ok[pick].mean())))
             best_rewards.append(float(r[pick].mean()))
         s = summarize(per_prompt)
-        rows.append({"accuracy": s["overall"], "tasks": s["tasks"], "mean_reward": float(np.mean(best_rewards))})
+        rows.append({"accuracy": s["overall"], "tasks": s["tasks"], "mean_reward": float(np.mean(best_rewards)),
+                     "correct": [c for _, c in per_prompt]})
     return rows
 
 

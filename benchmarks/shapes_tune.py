@@ -22,6 +22,22 @@ from steer.shapes import load_flow_pipeline, load_pipeline, load_reward
 from steer.shapes.prompts import make_prompt_set
 
 from shapes_scaling import EVAL_SEED, run_config
+from steer.eval.stats import paired_bootstrap
+
+
+def compare(rows: list[dict], model: str) -> list[str]:
+    """Each config against the most accurate one, paired on the same prompts and seeds (bootstrap 95 % interval)."""
+    mine = [r for r in rows if r["model"] == model and "correct" in r]
+    if not mine:
+        return []
+    best = max(mine, key=lambda r: r["accuracy"])
+    lines = [f"{model}: paired difference to the best config {json.dumps(best['config'], sort_keys=True)} (acc {best['accuracy']:.3f})"]
+    for r in mine:
+        d = paired_bootstrap(r["correct"], best["correct"])
+        verdict = "best" if r is best else ("tie" if d["low"] <= 0 <= d["high"] else "worse")
+        lines.append(f"  {json.dumps(r['config'], sort_keys=True):70s} acc={r['accuracy']:.3f} diff={d['diff']:+.3f} "
+                     f"[{d['low']:+.3f}, {d['high']:+.3f}] {verdict}")
+    return lines
 
 
 def main(argv=None) -> list[dict]:
@@ -61,6 +77,7 @@ def main(argv=None) -> list[dict]:
         a.out.write_text(json.dumps(rows, indent=2))
         tasks = " ".join(f"{t[:6]}={v:.2f}" for t, v in row["tasks"].items())
         print(f"{a.model} {key:70s} acc={row['accuracy']:.3f} reward={row['mean_reward']:.2f} {row['seconds']:.0f}s | {tasks}", flush=True)
+    print("\n".join(compare(rows, a.model)))
     return rows
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
+from . import validate
 from .models.registry import get_adapter
 from .rewards.base import Reward
 from .search import METHODS, get_method
@@ -146,9 +147,11 @@ class SteeredPipeline:
         (``num_particles``, ``eta``, ``max_nfe``, ``max_reward_calls``, ``max_batch``,
         ``reward_batch``, ``return_all``) override those given to :func:`wrap`.
         """
-        if prompt is None or (not isinstance(prompt, str) and len(prompt) == 0):
-            raise ValueError("pass a prompt or a list of prompts")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = validate.prompts("prompt", prompt)
+        if negative_prompt is not None:
+            negatives = validate.prompts("negative_prompt", negative_prompt)
+            if not isinstance(negative_prompt, str) and len(negatives) != len(prompts):
+                raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts: pass one string, or one per prompt")
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         if options.get("num_images_per_prompt", 1) != 1:
@@ -156,9 +159,13 @@ class SteeredPipeline:
         options.pop("num_images_per_prompt", None)
         engine, method_opts, encoder_opts = self._split({**self.defaults, **options})
         method = get_method(self.method, **method_opts)
-        steps = int(num_inference_steps or self._default("num_inference_steps", 25))
-        guidance = float(self._default("guidance_scale", 5.0) if guidance_scale is None else guidance_scale)
-        budget = Budget(engine.get("max_nfe"), engine.get("max_reward_calls"))
+        steps = self._default("num_inference_steps", 25) if num_inference_steps is None else validate.integer("num_inference_steps", num_inference_steps, 1)
+        guidance = validate.real("guidance_scale", self._default("guidance_scale", 5.0) if guidance_scale is None else guidance_scale)
+        adapter = self.adapter
+        for name, size in (("height", height), ("width", width)):
+            if size is not None:
+                validate.multiple(name, size, adapter.size_multiple, f"{type(self.pipe).__name__} works on latents {adapter.size_multiple}× smaller")
+        budget = Budget(*(None if engine.get(k) is None else validate.integer(k, engine[k], 1) for k in ("max_nfe", "max_reward_calls")))
         n = engine.get("num_particles")
         if n is None:
             n = 4 if budget.nfe is None else budget.nfe // (steps * len(prompts))
@@ -167,24 +174,25 @@ class SteeredPipeline:
                     f"max_nfe={budget.nfe} is smaller than one trajectory per prompt ({steps} steps × {len(prompts)} prompts = "
                     f"{steps * len(prompts)} NFE): raise max_nfe or lower num_inference_steps"
                 )
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"num_particles must be an integer >= 1, got {n!r}")
-        adapter = self.adapter
-        adapter.eta = float(engine.get("eta", adapter.stochastic_eta if method.resamples else 0.0))
-        if adapter.eta < 0:
-            raise ValueError(f"eta must be >= 0, got {adapter.eta}")
-        adapter.max_batch = engine.get("max_batch")
+        n = validate.integer("num_particles", n, 1)
+        eta = engine.get("eta", adapter.stochastic_eta if method.resamples else 0.0)
+        adapter.eta = validate.real("eta", eta, 0.0)
+        adapter.max_batch = None if engine.get("max_batch") is None else validate.integer("max_batch", engine["max_batch"], 1)
+        reward_batch = validate.integer("reward_batch", engine.get("reward_batch", 64), 1)
+        return_all = engine.get("return_all", False)
+        if not isinstance(return_all, bool):
+            raise TypeError(f"return_all must be True or False, got {return_all!r}")
         with adapter.fixed_placement():
             cond = adapter.encode(prompts, negative_prompt=negative_prompt, guidance_scale=guidance, height=height, width=width, **encoder_opts)
             adapter.set_schedule(steps, height=height, width=width)
             gens, res_gens = _generators(generator, len(prompts), n)
             problem = Problem(
                 adapter, self.reward, cond, n, gens, res_gens, height, width, budget,
-                reward_batch=int(engine.get("reward_batch", 64)), progress=self.pipe.progress_bar,
+                reward_batch=reward_batch, progress=self.pipe.progress_bar,
             )
             latents, trace = method(problem)
             final = torch.tensor(trace.final_rewards)
-            if engine.get("return_all", False):
+            if return_all:
                 keep = torch.arange(len(prompts) * n)
                 rewards = final.reshape(-1).tolist()
             else:

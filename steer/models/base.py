@@ -131,6 +131,11 @@ class ModelAdapter(ABC):
             self._placement = old
 
     @property
+    def size_multiple(self) -> int:
+        """Image height and width must be multiples of this (the VAE's downscale factor, times any patch size)."""
+        return int(self.pipe.vae_scale_factor)
+
+    @property
     def stochastic(self) -> bool:
         return self.eta > 0
 

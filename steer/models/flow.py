@@ -36,6 +36,11 @@ class _FlowAdapter(ModelAdapter):
         size = self.pipe.default_sample_size * self.pipe.vae_scale_factor
         return height or size, width or size
 
+    @property
+    def size_multiple(self) -> int:
+        """The VAE factor times the transformer's patch size (2×2 packing for FLUX)."""
+        return int(self.pipe.vae_scale_factor) * int(getattr(self.pipe.transformer.config, "patch_size", 2) or 2)
+
     def _retrieve(self, module, n: int, **kwargs) -> None:
         if self.pipe.scheduler.config.get("invert_sigmas", False):
             raise ValueError("schedulers with invert_sigmas=True are not supported")
@@ -170,6 +175,11 @@ class FluxAdapter(_FlowAdapter):
         from diffusers import FluxPipeline
 
         return isinstance(pipe, FluxPipeline)
+
+    @property
+    def size_multiple(self) -> int:
+        """FLUX packs 2×2 latent patches: the VAE factor times 2 (the stock pipeline's rule)."""
+        return int(self.pipe.vae_scale_factor) * 2
 
     @torch.no_grad()
     def encode(self, prompts, *, negative_prompt=None, guidance_scale: float = 3.5, height=None, width=None, **kwargs) -> Conditioning:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -9,7 +10,7 @@ import torch
 
 from .base import Reward
 from .preprocess import OPENAI_MEAN, OPENAI_STD, as_size, normalize_images
-from .weights import weights_not_found
+from .weights import hub_access, weights_not_found
 
 
 def open_clip_name(model: str | Path) -> str:
@@ -31,13 +32,14 @@ def load_open_clip(model: str | Path, pretrained: str | None, device: str | torc
 
     name = open_clip_name(model)
     with_schema = name.startswith(("local-dir:", "hf-hub:"))
-    try:
-        net = open_clip.create_model(name, pretrained=None if with_schema else pretrained, device=device)
-        tokenizer = open_clip.get_tokenizer(name)
-    except (FileNotFoundError, OSError, RuntimeError) as e:
-        hub = (open_clip.get_pretrained_cfg(name, pretrained or "") or {}).get("hf_hub", "") if not with_schema else ""
-        repo = hub.strip("/") or (name.removeprefix("hf-hub:") if name.startswith("hf-hub:") else None)
-        raise weights_not_found(f"open_clip model {name!r} (pretrained={pretrained!r})", e, repo_id=repo) from e
+    with hub_access() if not name.startswith("local-dir:") else nullcontext():
+        try:
+            net = open_clip.create_model(name, pretrained=None if with_schema else pretrained, device=device)
+            tokenizer = open_clip.get_tokenizer(name)
+        except (FileNotFoundError, OSError, RuntimeError) as e:
+            hub = (open_clip.get_pretrained_cfg(name, pretrained or "") or {}).get("hf_hub", "") if not with_schema else ""
+            repo = hub.strip("/") or (name.removeprefix("hf-hub:") if name.startswith("hf-hub:") else None)
+            raise weights_not_found(f"open_clip model {name!r} (pretrained={pretrained!r})", e, repo_id=repo) from e
     net.eval().requires_grad_(False)
     return net, tokenizer, dict(open_clip.get_model_preprocess_cfg(net))
 

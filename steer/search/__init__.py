@@ -1,5 +1,7 @@
 """Search methods, written once against :class:`steer.models.ModelAdapter`."""
 
+import inspect
+
 from .base import Method, Problem
 from .best_of_n import BestOfN
 from .fleming_viot import FlemingViot
@@ -23,9 +25,10 @@ def get_method(name: str, **options) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(sorted(set(METHODS)))}")
     try:
-        return METHODS[name](**options)
+        inspect.signature(METHODS[name]).bind(**options)
     except TypeError as e:
         raise ValueError(f"bad option for method {name!r}: {e}") from None
+    return METHODS[name](**options)
 
 
 __all__ = [

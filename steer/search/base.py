@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -81,11 +82,28 @@ class Method:
         return latents, trace
 
 
+class RewardError(ValueError):
+    """A reward returned something other than one finite score per image."""
+
+
+def _check_scores(reward: Reward, r, batch: int) -> torch.Tensor:
+    name = getattr(reward, "name", type(reward).__name__)
+    if not isinstance(r, torch.Tensor):
+        raise RewardError(f"reward {name!r} returned a {type(r).__name__}; a reward's score() must return a tensor of shape ({batch},), one score per image")
+    if r.shape not in ((batch,), (batch, 1)):
+        raise RewardError(f"reward {name!r} returned scores of shape {tuple(r.shape)} for {batch} images; expected ({batch},), one score per image")
+    if not (r.dtype.is_floating_point or r.dtype in (torch.int32, torch.int64)):
+        raise RewardError(f"reward {name!r} returned scores of dtype {r.dtype}; expected real numbers")
+    return r.detach().double().cpu().reshape(-1)
+
+
 def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, prompt_index: torch.Tensor, keep: bool = False) -> torch.Tensor:
     """Rewards of decoded clean-latent predictions (float64 on CPU; non-finite values become ``-inf``).
 
     ``keep=True`` (the final scoring) stores the decoded images in ``problem.final_images`` so the
-    returned images need no second decode.
+    returned images need no second decode. A reward that returns the wrong type or shape, or no
+    finite score for any particle of a prompt, raises :class:`RewardError`; a non-finite score for
+    some particles gives them zero weight, counts them in ``trace.nonfinite_rewards`` and warns.
     """
     out, kept = [], []
     prompts = [problem.cond.prompts[i] for i in prompt_index.tolist()]
@@ -96,7 +114,7 @@ def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, p
             r = problem.reward(images, prompts[s : s + problem.reward_batch])
             meter.reward_seconds += time.perf_counter() - t0
             meter.reward_calls += images.shape[0]
-            out.append(r.detach().double().cpu().reshape(-1))
+            out.append(_check_scores(problem.reward, r, images.shape[0]))
             if keep:
                 kept.append(images)
     if keep:
@@ -104,7 +122,16 @@ def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, p
     r = torch.cat(out)
     bad = ~torch.isfinite(r)
     if bad.any():
+        name = getattr(problem.reward, "name", type(problem.reward).__name__)
+        for p in prompt_index[bad].unique().tolist():
+            if bad[prompt_index == p].all():
+                raise RewardError(
+                    f"reward {name!r} returned NaN or ±inf for every particle of prompt {p} ({problem.cond.prompts[p]!r}), "
+                    "so no image can be chosen. Check the reward on images in [0, 1] of shape (B, 3, H, W)."
+                )
         trace.nonfinite_rewards += int(bad.sum())
+        warnings.warn(f"reward {name!r} returned NaN or ±inf for {int(bad.sum())} of {len(r)} particles: they get zero weight "
+                      "(counted in trace.nonfinite_rewards)", RuntimeWarning, stacklevel=3)
         r = r.masked_fill(bad, -math.inf)
     return r
 

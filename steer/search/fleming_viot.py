@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import torch
 
+from .. import validate
 from .base import Method, Problem, init_particles, progress, run_steps, score
 from .resampling import ess, get_resampler
 from .smc import potential_steps
+from .tempering import AUTO, auto_lambda, check_lam
 
 
 def birth_death(ancestors: torch.Tensor) -> torch.Tensor:
@@ -34,18 +36,27 @@ def birth_death(ancestors: torch.Tensor) -> torch.Tensor:
 
 
 class FlemingViot(Method):
-    """Options: ``lam`` (λ), ``interval`` (default S/5), ``window`` ((start, end) fractions), ``resampler`` (default systematic)."""
+    """Options: ``lam`` (λ, or ``"auto"``: at each step the largest λ whose masses keep an ESS of ``ess_target·N``),
+    ``interval`` (default S/5), ``window`` ((start, end) fractions), ``resampler`` (default systematic),
+    ``ess_target`` (with ``lam="auto"``)."""
 
     name = "fleming_viot"
     resamples = True
 
-    def __init__(self, lam: float = 1.0, interval: int | None = None, window: tuple[float, float] = (0.0, 1.0), resampler: str = "systematic"):
+    def __init__(self, lam: float | str = AUTO, interval: int | None = None, window: tuple[float, float] = (0.0, 1.0),
+                 resampler: str = "systematic", ess_target: float = 0.5):
         get_resampler(resampler)
-        super().__init__(lam=lam, interval=interval, window=tuple(window), resampler=resampler)
-        self.lam, self.interval, self.window, self.resampler = float(lam), interval, tuple(window), get_resampler(resampler)
+        lam = check_lam(lam)
+        if interval is not None:
+            interval = validate.integer("interval", interval, 1)
+        ess_target = validate.real("ess_target", ess_target, 0.0, 1.0)
+        super().__init__(lam=lam, interval=interval, window=tuple(window), resampler=resampler, ess_target=ess_target)
+        self.lam, self.interval, self.window, self.resampler = lam, interval, tuple(window), get_resampler(resampler)
+        self.ess_target = ess_target
 
     def _steps(self, problem: Problem) -> list[int]:
-        return potential_steps(problem.num_steps, self.interval or max(1, round(problem.num_steps / 5)), self.window)
+        interval = self.interval if self.interval is not None else max(1, round(problem.num_steps / 5))
+        return potential_steps(problem.num_steps, interval, self.window)
 
     def plan(self, problem: Problem) -> tuple[int, int]:
         n = problem.num_prompts * problem.num_particles
@@ -61,13 +72,15 @@ class FlemingViot(Method):
                 x, x0 = run_steps(problem, x, done, k, cond, gens, bar)
                 done = k
                 r = score(problem, meter, trace, x0, idx).view(P, N)
-                mass = self.lam * r  # weights are uniform after every birth–death step
                 anc = torch.arange(P * N)
-                row = {"step": k, "rewards": r.tolist(), "ess": [], "resampled": [], "ancestors": []}
-                for p in range(P):
-                    a = birth_death(self.resampler(mass[p], problem.resample_generators[p]))
+                row = {"step": k, "rewards": r.tolist(), "lam": [], "ess": [], "resampled": [], "ancestors": []}
+                for p in range(P):  # weights are uniform after every birth–death step
+                    lam = auto_lambda(torch.zeros(N), r[p], self.ess_target * N)[0] if self.lam == AUTO else float(self.lam)
+                    mass = torch.where(torch.isfinite(r[p]), lam * r[p], torch.full_like(r[p], -torch.inf))
+                    row["lam"].append(lam)
+                    a = birth_death(self.resampler(mass, problem.resample_generators[p]))
                     anc[p * N : (p + 1) * N] = a + p * N
-                    row["ess"].append(ess(mass[p]))
+                    row["ess"].append(ess(mass))
                     row["resampled"].append(True)
                     row["ancestors"].append(a.tolist())
                 trace.steps.append(row)

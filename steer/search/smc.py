@@ -22,8 +22,10 @@ import math
 
 import torch
 
+from .. import validate
 from .base import Method, Problem, init_particles, progress, run_steps, score
 from .resampling import ess, get_resampler, normalize
+from .tempering import AUTO, auto_lambda, check_lam
 
 POTENTIALS = ("immediate", "diff", "max", "sum")
 
@@ -33,8 +35,7 @@ def potential_steps(num_steps: int, interval: int, window: tuple[float, float]) 
     lo, hi = window
     if not 0 <= lo <= hi <= 1:
         raise ValueError(f"window must satisfy 0 <= start <= end <= 1 (fractions of the steps), got {window}")
-    if interval < 1:
-        raise ValueError(f"interval must be >= 1, got {interval}")
+    validate.integer("interval", interval, 1)
     return [k for k in range(interval, num_steps, interval) if lo * num_steps <= k <= hi * num_steps]
 
 
@@ -42,54 +43,65 @@ class SMC(Method):
     """FK-steering SMC.
 
     Options: ``potential`` (max | diff | sum | immediate), ``lam`` (λ, inverse temperature on
-    the reward's scale), ``interval`` (steps between potentials; default S/5), ``window``
-    ((start, end) fractions of the steps), ``ess_threshold`` (resample when ESS < this·N;
-    1.0 resamples at every potential step), ``resampler`` (systematic | stratified |
-    multinomial | residual), ``select`` (best: highest final reward; sample: draw by the final weights).
+    the reward's scale, or ``"auto"``: :mod:`steer.search.tempering`), ``interval`` (steps between
+    potentials; default S/5), ``window`` ((start, end) fractions of the steps), ``ess_threshold``
+    (resample when ESS < this·N; 1.0 resamples at every potential step; with ``lam="auto"``, the ESS
+    each step's λ is chosen to reach, after which the particles are resampled), ``resampler``
+    (systematic | stratified | multinomial | residual), ``select`` (best: highest final reward;
+    sample: draw by the final weights, with the last λ reached when ``lam="auto"``).
     """
 
     name = "smc"
     resamples = True
 
-    def __init__(self, potential: str = "max", lam: float = 1.0, interval: int | None = None, window: tuple[float, float] = (0.0, 1.0),
+    def __init__(self, potential: str = "max", lam: float | str = AUTO, interval: int | None = None, window: tuple[float, float] = (0.0, 1.0),
                  ess_threshold: float = 0.5, resampler: str = "systematic", select: str = "best"):
         if potential not in POTENTIALS:
             raise ValueError(f"unknown potential {potential!r}; choose one of {', '.join(POTENTIALS)}")
         if select not in ("best", "sample"):
             raise ValueError(f"select must be 'best' or 'sample', got {select!r}")
-        if not 0 <= ess_threshold <= 1:
-            raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+        ess_threshold = validate.real("ess_threshold", ess_threshold, 0.0, 1.0)
+        lam = check_lam(lam)
+        if interval is not None:
+            interval = validate.integer("interval", interval, 1)
         get_resampler(resampler)
         super().__init__(potential=potential, lam=lam, interval=interval, window=tuple(window), ess_threshold=ess_threshold, resampler=resampler, select=select)
-        self.potential, self.lam, self.interval, self.window = potential, float(lam), interval, tuple(window)
+        self.potential, self.lam, self.interval, self.window = potential, lam, interval, tuple(window)
         self.ess_threshold, self.resampler, self.select = ess_threshold, get_resampler(resampler), select
 
     def _steps(self, problem: Problem) -> list[int]:
-        interval = self.interval or max(1, round(problem.num_steps / 5))
+        interval = self.interval if self.interval is not None else max(1, round(problem.num_steps / 5))
         return potential_steps(problem.num_steps, interval, self.window)
 
     def plan(self, problem: Problem) -> tuple[int, int]:
         n = problem.num_prompts * problem.num_particles
         return n * problem.num_steps, n * (len(self._steps(problem)) + 1)
 
-    def _log_potential(self, r: torch.Tensor, state: dict) -> torch.Tensor:
-        lam = self.lam
+    def _potential(self, r: torch.Tensor, state: dict) -> torch.Tensor:
+        """log G_t / λ."""
         if self.potential == "immediate":
-            return lam * r
+            return r
         if self.potential == "diff":
-            return lam * (r - state["prev"])
+            return r - state["prev"]
         if self.potential == "max":
-            return lam * torch.maximum(state["max"], r)
-        return lam * (state["sum"] + r)
+            return torch.maximum(state["max"], r)
+        return state["sum"] + r
 
-    def resample(self, problem: Problem, logw: torch.Tensor, trace_row: dict) -> torch.Tensor:
-        """Per-prompt adaptive resampling; returns flat ancestor indices (identity where not resampled)."""
+    def _lambdas(self, logw: torch.Tensor, phi: torch.Tensor, n: int) -> tuple[torch.Tensor, list[bool]]:
+        """λ per prompt for this potential step (the fixed λ, or the adaptive one), and where the ESS target set it."""
+        if self.lam != AUTO:
+            return torch.full((logw.shape[0],), float(self.lam), dtype=torch.float64), [False] * logw.shape[0]
+        picks = [auto_lambda(logw[p], phi[p], self.ess_threshold * n) for p in range(logw.shape[0])]
+        return torch.tensor([lam for lam, _ in picks], dtype=torch.float64), [binding for _, binding in picks]
+
+    def resample(self, problem: Problem, logw: torch.Tensor, trace_row: dict, force: list[bool] | None = None) -> torch.Tensor:
+        """Per-prompt adaptive resampling (also where ``force``); returns flat ancestor indices (identity where not resampled)."""
         P, N = problem.num_prompts, problem.num_particles
         anc = torch.arange(P * N)
         for p in range(P):
             e = ess(logw[p])
             trace_row["ess"].append(e)
-            do = e < self.ess_threshold * N or (self.ess_threshold >= 1.0)
+            do = e < self.ess_threshold * N or (self.ess_threshold >= 1.0) or bool(force and force[p])
             trace_row["resampled"].append(bool(do))
             if do:
                 a = self.resampler(logw[p], problem.resample_generators[p])
@@ -107,13 +119,17 @@ class SMC(Method):
         applied = torch.zeros(P, N, dtype=torch.float64)  # Σ log G along each lineage, undone at the end
         state = {k: torch.zeros(P * N, dtype=torch.float64) for k in ("prev", "sum")}
         state["max"] = torch.full((P * N,), -math.inf, dtype=torch.float64)
+        lam_last = torch.full((P,), 0.0 if self.lam == AUTO else float(self.lam), dtype=torch.float64)
         done = 0
         with progress(problem, S) as bar:
             for k in self._steps(problem):
                 x, x0 = run_steps(problem, x, done, k, cond, gens, bar)
                 done = k
                 r = score(problem, meter, trace, x0, idx)
-                log_g = self._log_potential(r, state)
+                phi = self._potential(r, state)
+                lam, binding = self._lambdas(logw, phi.view(P, N), N)
+                lam_last = lam
+                log_g = lam.repeat_interleave(N) * phi
                 finite = torch.isfinite(r)
                 inc = torch.where(finite, log_g, torch.full_like(log_g, -math.inf))  # non-finite reward: zero weight
                 logw = logw + inc.view(P, N)
@@ -121,8 +137,8 @@ class SMC(Method):
                 state["prev"] = torch.where(finite, r, state["prev"])
                 state["max"] = torch.where(finite, torch.maximum(state["max"], r), state["max"])
                 state["sum"] = torch.where(finite, state["sum"] + r, state["sum"])
-                row = {"step": k, "rewards": r.view(P, N).tolist(), "ess": [], "resampled": [], "ancestors": []}
-                anc = self.resample(problem, logw, row)
+                row = {"step": k, "rewards": r.view(P, N).tolist(), "lam": lam.tolist(), "ess": [], "resampled": [], "ancestors": []}
+                anc = self.resample(problem, logw, row, force=binding)
                 trace.steps.append(row)
                 moved = anc != torch.arange(P * N)
                 if moved.any():
@@ -135,7 +151,7 @@ class SMC(Method):
                         logw[p] = 0.0
             x, _ = run_steps(problem, x, done, S, cond, gens, bar)
         r = score(problem, meter, trace, x, idx, keep=True).view(P, N)
-        final_logw = logw + self.lam * r - applied
+        final_logw = logw + lam_last.view(P, 1) * r - applied
         if self.select == "best":
             selected = r.argmax(1).tolist()
         else:
