@@ -191,7 +191,8 @@ def test_budget_sets_particles_and_caps_cost(sd_pipe):
 
 
 def test_nonfinite_rewards_get_zero_weight(sd_pipe):
-    out = call(sd_pipe, "smc", n=4, reward=Broken(), lam=5.0, ess_threshold=1.0)
+    with pytest.warns(RuntimeWarning, match="NaN or ±inf for 4 of 8 particles"):
+        out = call(sd_pipe, "smc", n=4, reward=Broken(), lam=5.0, ess_threshold=1.0)
     t = out.trace
     assert t.nonfinite_rewards > 0
     for row in t.steps:
