@@ -177,6 +177,7 @@ class SteeredPipeline:
         n = validate.integer("num_particles", n, 1)
         eta = engine.get("eta", adapter.stochastic_eta if method.resamples else 0.0)
         adapter.eta = validate.real("eta", eta, 0.0)
+        adapter.prepare()
         adapter.max_batch = None if engine.get("max_batch") is None else validate.integer("max_batch", engine["max_batch"], 1)
         reward_batch = validate.integer("reward_batch", engine.get("reward_batch", 64), 1)
         return_all = engine.get("return_all", False)

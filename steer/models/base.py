@@ -11,19 +11,27 @@ State conventions:
   may hold any mix of prompts and may shrink (pruning) or be rebuilt from stored states
   (tree search) between steps;
 * step ``i`` maps the state at ``schedule[i]`` to the state at ``schedule[i + 1]``;
-  ``i`` runs over ``range(num_steps)``; any stored ``(x, i)`` can be resumed;
+  ``i`` runs over ``range(num_steps)``;
+* steps use the pipeline's own scheduler (a per-call copy, :mod:`steer.models.scheduler`), so
+  one particle reproduces the plain pipeline call; the scheduler's history is per particle and
+  follows :meth:`ModelAdapter.select_state` when particles are resampled or pruned. Only when a
+  method needs noise that the scheduler cannot give does a call fall back to DDIM(η) / the flow
+  SDE step (:meth:`ModelAdapter.prepare`);
 * :meth:`ModelAdapter.step` is differentiable when called with grad enabled (noise
   optimisation); it draws its noise from each particle's own ``torch.Generator``.
 """
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 import torch
+
+from .scheduler import SchedulerStepper, fallback_note, scheduler_adds_noise, step_parameters
 
 
 @dataclass
@@ -96,6 +104,11 @@ class ModelAdapter(ABC):
         self.eta = float(eta)
         self.max_batch = max_batch
         self.counters = Counters()
+        self.native = True  # step with the pipeline's own scheduler (else DDIM(η) / the flow SDE step); set by prepare()
+        self.sampler = ""  # what the current call steps with, for the trace
+        self._stepper: SchedulerStepper | None = None
+        self._warned: set[str] = set()
+        self.prepare(warn=False)
 
     # ---------------------------------------------------------------- discovery
     @classmethod
@@ -137,7 +150,40 @@ class ModelAdapter(ABC):
 
     @property
     def stochastic(self) -> bool:
+        """Whether this call's steps draw noise (needed when particles are resampled)."""
+        sched = getattr(self.pipe, "scheduler", None)
+        if self.native:
+            return scheduler_adds_noise(sched) or ("eta" in step_parameters(sched) and self.eta > 0)
         return self.eta > 0
+
+    def prepare(self, warn: bool = True) -> str:
+        """Choose how this call steps (after ``eta`` is set, before :meth:`set_schedule`); returns the trace's description.
+
+        With ``eta == 0``, or a scheduler that draws its own noise (ancestral, SDE, LCM, TCD) or takes
+        ``eta`` (DDIM), particles step with the pipeline's own ``scheduler.step``. A noisy step asked of
+        a deterministic scheduler (Euler, DPM-Solver++, PNDM, UniPC, FlowMatchEuler) falls back to
+        DDIM(η) (the flow SDE step for flow models) on the scheduler's timesteps, with a warning once.
+        """
+        sched = getattr(self.pipe, "scheduler", None)
+        if sched is None:  # a custom adapter on an object without a scheduler: its own transitions
+            self.native, self.sampler = False, f"{type(self).__name__}.transition"
+            return self.sampler
+        name = type(sched).__name__
+        self.native = self.eta == 0 or scheduler_adds_noise(sched) or "eta" in step_parameters(sched)
+        if self.native:
+            self.sampler = f"{name}.step" + (f" (eta={self.eta:g})" if "eta" in step_parameters(sched) else "")
+        else:
+            note = fallback_note(sched, self.eta, flow=self.family in ("sd3", "flux"))
+            self.sampler = f"fallback: {note}"
+            if warn and name not in self._warned:
+                self._warned.add(name)
+                warnings.warn(note, UserWarning, stacklevel=3)
+        return self.sampler
+
+    def select_state(self, index: torch.Tensor, batch: int) -> None:
+        """Move the scheduler's per-particle state with particles that were resampled, selected or pruned."""
+        if self.native and self._stepper is not None:
+            self._stepper.select(index, batch)
 
     # ---------------------------------------------------------------- prompts and schedule
     @abstractmethod
@@ -175,6 +221,8 @@ class ModelAdapter(ABC):
         """The starting state of one particle per generator (drawn on CPU, so seeds give the same noise on any device)."""
         shape = self.latent_shape(height, width)
         x = torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in generators])
+        if self.native:
+            return x.to(self.device, self.dtype) * self._stepper.init_noise_sigma
         return self.scale_initial_noise(x.to(self.device, self.dtype))
 
     def scale_initial_noise(self, noise: torch.Tensor) -> torch.Tensor:
@@ -194,6 +242,10 @@ class ModelAdapter(ABC):
         if len(cond) != x.shape[0]:
             raise ValueError(f"conditioning has {len(cond)} rows but the state has {x.shape[0]}: call cond.select(prompt_index)")
         eta = self.eta if eta is None else eta
+        if self.native:
+            out = self.predict(self._stepper.scale_model_input(x, i), i, cond)
+            self.counters.nfe += x.shape[0]
+            return StepOutput(*self._stepper.step(out, i, x, generators, eta))
         out = self.predict(x, i, cond)
         noise = None
         if eta > 0 and i + 1 < self.num_steps:
@@ -205,6 +257,8 @@ class ModelAdapter(ABC):
 
     def predict_x0(self, x: torch.Tensor, i: int, cond: Conditioning) -> torch.Tensor:
         """x̂₀ of a batch at step ``i`` (one denoiser call, no state change)."""
+        if self.native:
+            return self._stepper.x0(x, i, self.predict(self._stepper.scale_model_input(x, i), i, cond))
         return self.transition(x, i, self.predict(x, i, cond), None, 0.0).pred_original_sample
 
     @abstractmethod

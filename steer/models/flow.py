@@ -14,6 +14,7 @@ import torch
 
 from .attention import CollapsedPaddingJointAttnProcessor
 from .base import Conditioning, ModelAdapter, StepOutput
+from .scheduler import SchedulerStepper
 from .sampling import flow_step, flow_x0_eps, guided_predict
 from .sd import _negatives
 
@@ -42,11 +43,15 @@ class _FlowAdapter(ModelAdapter):
         return int(self.pipe.vae_scale_factor) * int(getattr(self.pipe.transformer.config, "patch_size", 2) or 2)
 
     def _retrieve(self, module, n: int, **kwargs) -> None:
+        """``retrieve_timesteps`` on this call's copy of the scheduler; native steps take every timestep."""
         if self.pipe.scheduler.config.get("invert_sigmas", False):
             raise ValueError("schedulers with invert_sigmas=True are not supported")
-        module.retrieve_timesteps(self.pipe.scheduler, n, self.device, **kwargs)
-        self._t = self.pipe.scheduler.timesteps
-        self._sigmas = [float(s) for s in self.pipe.scheduler.sigmas]
+        self._stepper = SchedulerStepper(self.pipe.scheduler, flow=True)
+        sched = self._stepper.scheduler
+        module.retrieve_timesteps(sched, n, self.device, **kwargs)
+        self._stepper.schedule_done()
+        self._t = sched.timesteps
+        self._sigmas = [float(s) for s in sched.sigmas]
 
     @property
     def num_steps(self) -> int:
@@ -54,6 +59,8 @@ class _FlowAdapter(ModelAdapter):
 
     def noise_level(self, i: int) -> float:
         """σ before step ``i`` (σ of the final state is 0)."""
+        if self.native:
+            return self._stepper.noise_level(i)
         return self._sigmas[i] if i < self.num_steps else 0.0
 
     def transition(self, x: torch.Tensor, i: int, model_output: torch.Tensor, noise: torch.Tensor | None, eta: float) -> StepOutput:

@@ -1,9 +1,9 @@
 """Adapters for the Stable Diffusion family (SD 1.x/2.x, SD-Turbo, SDXL): VP diffusion with a UNet.
 
-The state is the VP latent ``x_t``; every transition is DDIM(η) (:func:`~steer.models.sampling.ddim_step`)
-computed from the scheduler's ``alphas_cumprod`` on the timesteps its ``set_timesteps`` picks, so any
-scheduler the pipeline ships can be used (with a ``DDIMScheduler`` and ``eta=0`` the result equals the
-stock pipeline call).
+Steps go through the pipeline's own scheduler (state in the scheduler's space, as the stock loop). The
+fallback for noisy steps on a deterministic scheduler is DDIM(η) (:func:`~steer.models.sampling.ddim_step`)
+on the VP latent, computed from the scheduler's ``alphas_cumprod`` on the timesteps its
+``set_timesteps`` picks.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from .base import Conditioning, ModelAdapter, StepOutput
+from .scheduler import SchedulerStepper
 from .sampling import ddim_step, guided_predict, nest_kwargs, to_x0_eps
 
 
@@ -80,11 +81,21 @@ class StableDiffusionAdapter(ModelAdapter):
 
     # ---------------------------------------------------------------- schedule
     def set_schedule(self, num_inference_steps: int, *, height=None, width=None, **kwargs) -> None:
-        """Timesteps from ``scheduler.set_timesteps``; ᾱ from ``alphas_cumprod`` (final ᾱ as ``DDIMScheduler``)."""
+        """Timesteps from ``set_timesteps`` on this call's copy of the scheduler, as the pipeline calls it.
+
+        Native steps use every timestep (second-order schedulers repeat them: two denoiser calls per
+        step); the DDIM(η) fallback uses the distinct ones with ᾱ from ``alphas_cumprod`` (final ᾱ as
+        ``DDIMScheduler``).
+        """
         from diffusers import DDIMScheduler
 
-        sched = self.pipe.scheduler
-        sched.set_timesteps(num_inference_steps, **kwargs)
+        self._stepper = SchedulerStepper(self.pipe.scheduler, self.prediction_type)
+        sched = self._stepper.scheduler
+        sched.set_timesteps(num_inference_steps, device=self.device, **kwargs)
+        self._stepper.schedule_done()
+        if self.native:
+            self._t = [t.to(self.device) for t in self._stepper.timesteps]
+            return
         ts = torch.unique_consecutive(sched.timesteps.cpu())  # second-order schedulers repeat timesteps
         ac = sched.alphas_cumprod.double().cpu()
         final = float(getattr(sched, "final_alpha_cumprod", 1.0))  # DDIM/PNDM/LCM honour set_alpha_to_one; else clean
@@ -115,6 +126,8 @@ class StableDiffusionAdapter(ModelAdapter):
 
     def noise_level(self, i: int) -> float:
         """``sqrt(1-ᾱ)`` at step ``i``'s timestep (0 at ``num_steps``)."""
+        if self.native:
+            return self._stepper.noise_level(i)
         return 0.0 if i >= self.num_steps else float((1 - self._alpha[i]) ** 0.5)
 
     # ---------------------------------------------------------------- sampling

@@ -74,7 +74,8 @@ class Method:
         nfe, calls = self.plan(problem)
         problem.budget.check(nfe, calls, f"{self.name} with {problem.num_particles} particles × {problem.num_steps} steps × {problem.num_prompts} prompts")
         meter = Meter(problem.adapter, problem.budget)
-        trace = Trace(self.name, dict(self.options), problem.num_prompts, problem.num_particles, problem.num_steps)
+        trace = Trace(self.name, dict(self.options), problem.num_prompts, problem.num_particles, problem.num_steps,
+                      sampler=problem.adapter.sampler)
         latents, final, selected = self.run(problem, meter, trace)
         trace.final_rewards = final.tolist()
         trace.selected = list(selected)
@@ -134,6 +135,12 @@ def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, p
                       "(counted in trace.nonfinite_rewards)", RuntimeWarning, stacklevel=3)
         r = r.masked_fill(bad, -math.inf)
     return r
+
+
+def reorder(problem: Problem, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Particles ``x[index]`` (resampled, selected or pruned), with the scheduler's per-particle state moved alike."""
+    problem.adapter.select_state(index, x.shape[0])
+    return x[index.to(x.device)]
 
 
 def init_particles(problem: Problem) -> tuple[torch.Tensor, Conditioning, torch.Tensor]:

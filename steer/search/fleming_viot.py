@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import validate
-from .base import Method, Problem, init_particles, progress, run_steps, score
+from .base import Method, Problem, init_particles, progress, reorder, run_steps, score
 from .resampling import ess, get_resampler
 from .smc import potential_steps
 from .tempering import AUTO, auto_lambda, check_lam
@@ -84,7 +84,7 @@ class FlemingViot(Method):
                     row["resampled"].append(True)
                     row["ancestors"].append(a.tolist())
                 trace.steps.append(row)
-                x = x[anc.to(x.device)]
+                x = reorder(problem, x, anc)
             x, _ = run_steps(problem, x, done, S, cond, gens, bar)
         r = score(problem, meter, trace, x, idx, keep=True).view(P, N)
         return x, r, r.argmax(1).tolist()

@@ -23,7 +23,7 @@ import math
 import torch
 
 from .. import validate
-from .base import Method, Problem, init_particles, progress, run_steps, score
+from .base import Method, Problem, init_particles, progress, reorder, run_steps, score
 from .resampling import ess, get_resampler, normalize
 from .tempering import AUTO, auto_lambda, check_lam
 
@@ -45,8 +45,9 @@ class SMC(Method):
     Options: ``potential`` (max | diff | sum | immediate), ``lam`` (λ, inverse temperature on
     the reward's scale, or ``"auto"``: :mod:`steer.search.tempering`), ``interval`` (steps between
     potentials; default S/5), ``window`` ((start, end) fractions of the steps), ``ess_threshold``
-    (resample when ESS < this·N; 1.0 resamples at every potential step; with ``lam="auto"``, the ESS
-    each step's λ is chosen to reach, after which the particles are resampled), ``resampler``
+    (resample when ESS < this·N; 1.0 resamples at every potential step), ``ess_target`` (with
+    ``lam="auto"``: the ESS, as a fraction of N, each step's λ is chosen to reach; the particles are
+    then resampled), ``resampler``
     (systematic | stratified | multinomial | residual), ``select`` (best: highest final reward;
     sample: draw by the final weights, with the last λ reached when ``lam="auto"``).
     """
@@ -55,18 +56,20 @@ class SMC(Method):
     resamples = True
 
     def __init__(self, potential: str = "max", lam: float | str = AUTO, interval: int | None = None, window: tuple[float, float] = (0.0, 1.0),
-                 ess_threshold: float = 0.5, resampler: str = "systematic", select: str = "best"):
+                 ess_threshold: float = 0.5, resampler: str = "systematic", select: str = "best", ess_target: float = 0.5):
         if potential not in POTENTIALS:
             raise ValueError(f"unknown potential {potential!r}; choose one of {', '.join(POTENTIALS)}")
         if select not in ("best", "sample"):
             raise ValueError(f"select must be 'best' or 'sample', got {select!r}")
         ess_threshold = validate.real("ess_threshold", ess_threshold, 0.0, 1.0)
+        ess_target = validate.real("ess_target", ess_target, 0.0, 1.0)
         lam = check_lam(lam)
         if interval is not None:
             interval = validate.integer("interval", interval, 1)
         get_resampler(resampler)
-        super().__init__(potential=potential, lam=lam, interval=interval, window=tuple(window), ess_threshold=ess_threshold, resampler=resampler, select=select)
-        self.potential, self.lam, self.interval, self.window = potential, lam, interval, tuple(window)
+        super().__init__(potential=potential, lam=lam, interval=interval, window=tuple(window), ess_threshold=ess_threshold, resampler=resampler, select=select,
+                         ess_target=ess_target)
+        self.potential, self.lam, self.interval, self.window, self.ess_target = potential, lam, interval, tuple(window), ess_target
         self.ess_threshold, self.resampler, self.select = ess_threshold, get_resampler(resampler), select
 
     def _steps(self, problem: Problem) -> list[int]:
@@ -91,7 +94,7 @@ class SMC(Method):
         """λ per prompt for this potential step (the fixed λ, or the adaptive one), and where the ESS target set it."""
         if self.lam != AUTO:
             return torch.full((logw.shape[0],), float(self.lam), dtype=torch.float64), [False] * logw.shape[0]
-        picks = [auto_lambda(logw[p], phi[p], self.ess_threshold * n) for p in range(logw.shape[0])]
+        picks = [auto_lambda(logw[p], phi[p], self.ess_target * n) for p in range(logw.shape[0])]
         return torch.tensor([lam for lam, _ in picks], dtype=torch.float64), [binding for _, binding in picks]
 
     def resample(self, problem: Problem, logw: torch.Tensor, trace_row: dict, force: list[bool] | None = None) -> torch.Tensor:
@@ -142,7 +145,7 @@ class SMC(Method):
                 trace.steps.append(row)
                 moved = anc != torch.arange(P * N)
                 if moved.any():
-                    x = x[anc.to(x.device)]
+                    x = reorder(problem, x, anc)
                     applied = applied.view(-1)[anc].view(P, N)
                     for key in state:
                         state[key] = state[key][anc]

@@ -63,6 +63,7 @@ class Trace:
     reward_seconds: float = 0.0
     peak_memory_bytes: int = 0
     nonfinite_rewards: int = 0
+    sampler: str = ""  # what the steps used: the pipeline's scheduler, or the stated fallback
 
     def to_dict(self) -> dict:
         return asdict(self)
