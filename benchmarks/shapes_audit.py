@@ -73,9 +73,14 @@ def make(a) -> None:
 
 def sheets(a) -> None:
     items, images = load_audit(a.data)
+    verdicts = None
+    if a.verdicts:  # after labelling: the person's label and the evaluator's verdict under each image
+        from steer.shapes import evaluate_image
+
+        verdicts = [evaluate_image(im, it["record"]).correct for im, it in zip(images, items)]
     a.out.mkdir(parents=True, exist_ok=True)
     scale, cols, per = 5, 6, 24
-    cell_w, cell_h = TILE * scale + 8, TILE * scale + 34
+    cell_w, cell_h = TILE * scale + 8, TILE * scale + (48 if verdicts else 34)
     for s in range(0, len(items), per):
         idx = list(range(s, min(s + per, len(items))))
         rows = -(-len(idx) // cols)
@@ -87,6 +92,10 @@ def sheets(a) -> None:
             prompt = items[i]["record"]["prompt"].removeprefix("a photo of ")
             draw.text((x + 4, y + 2), f"#{i}", fill=(0, 0, 0))
             draw.text((x + 4, y + 15), prompt[:30], fill=(0, 0, 160))
+            if verdicts is not None:
+                agree = verdicts[i] == items[i]["human"]
+                draw.text((x + 4, y + 32 + TILE * scale), f"person {'ok' if items[i]['human'] else 'wrong'} / eval {'ok' if verdicts[i] else 'wrong'}",
+                          fill=(0, 120, 0) if agree else (200, 0, 0))
         sheet.save(a.out / f"sheet_{s // per:02d}.png")
     print(f"wrote {-(-len(items) // per)} sheets to {a.out}")
 
@@ -221,12 +230,13 @@ def main(argv=None):
     s = sub.add_parser("sheets", help="contact sheets for labelling (no verdicts)")
     s.add_argument("--data", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--verdicts", action="store_true", help="also print the person's label and the evaluator's verdict")
     c = sub.add_parser("score", help="the evaluator's agreement with the labels")
     c.add_argument("--data", type=Path, required=True)
     c.add_argument("--out", type=Path)
     k = sub.add_parser("calibrate", help="choose the detector's acceptance thresholds on labelled data")
     k.add_argument("--data", type=Path, required=True)
-    k.add_argument("--per-kind", type=int, default=60, help="synthetic objects per shape or blob kind")
+    k.add_argument("--per-kind", type=int, default=40, help="synthetic objects per shape or blob kind")
     k.add_argument("--rounds", type=int, default=2)
     k.add_argument("--out", type=Path)
     p.add_argument("--threads", type=int)

@@ -250,17 +250,11 @@ def main(argv=None) -> dict:
     p.add_argument("--rejudge", type=Path, nargs=2, metavar=("RESULT_JSON", "IMAGES"),
                    help="judge a finished run's saved images again with today's evaluator (no generation)")
     a = p.parse_args(argv)
-    if a.rejudge:
-        result = rejudge(json.loads(a.rejudge[0].read_text()), a.rejudge[1])
-        print(markdown(result["rows"]))
-        if a.out:
-            a.out.parent.mkdir(parents=True, exist_ok=True)
-            a.out.write_text(json.dumps(result, indent=2))
-        if a.plot:
-            plot(result["rows"], sorted({r["model"] for r in result["rows"]}, key=["sd", "flow"].index), a.plot)
-        return result
-    if a.merge:
-        result = merge([json.loads(f.read_text()) for f in a.merge])
+    if a.rejudge or a.merge:  # no generation: judge saved images again, or combine finished runs
+        if a.rejudge:
+            result = rejudge(json.loads(a.rejudge[0].read_text()), a.rejudge[1])
+        else:
+            result = merge([json.loads(f.read_text()) for f in a.merge])
         print(markdown(result["rows"]))
         if a.out:
             a.out.parent.mkdir(parents=True, exist_ok=True)
