@@ -125,6 +125,25 @@ def test_training_runs_and_resumes(tmp_path):
     assert (tmp_path / "reward" / "final" / "open_clip_model.safetensors").exists()
 
 
+def test_training_continues_from_an_exported_pipeline(tmp_path):
+    """--init starts from a pipeline folder's weights (at lr 0 the result is those weights), and records it."""
+    from diffusers import SD3Transformer2DModel
+    from steer.train import shapes_t2i
+
+    common = ["--data", "64", "--batch", "4", "--save-every", "2"]
+    shapes_t2i.main(["--run", str(tmp_path / "a"), "--stage", "vae", "--steps", "1", *common])
+    shapes_t2i.main(["--run", str(tmp_path / "a"), "--stage", "flow", "--steps", "2", *common])
+    start = tmp_path / "a" / "flow" / "final"
+    shapes_t2i.main(["--run", str(tmp_path / "b"), "--stage", "flow", "--steps", "1", "--lr", "0", "--init", str(start), *common])
+    before = SD3Transformer2DModel.from_pretrained(start / "transformer").state_dict()
+    after = SD3Transformer2DModel.from_pretrained(tmp_path / "b" / "flow" / "final" / "transformer").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    meta = json.loads((tmp_path / "b" / "flow" / "meta.json").read_text())
+    assert meta["init"] == str(start) and meta["before_init"]["steps"] == 2
+    with pytest.raises(SystemExit):
+        shapes_t2i.main(["--run", str(tmp_path / "c"), "--stage", "flow", "--init", str(tmp_path), *common])
+
+
 def test_main_job_cli(tmp_path, capsys):
     from steer.shapes.__main__ import main
 

@@ -6,6 +6,7 @@ Every stage checkpoints and resumes (rerun the same command after an interruptio
     python -m steer.train.shapes_t2i --run runs/shapes --stage sd
     python -m steer.train.shapes_t2i --run runs/shapes --stage flow
     python -m steer.train.shapes_t2i --run runs/shapes --export steer/shapes/weights
+    python -m steer.train.shapes_t2i --run runs/flow2 --stage flow --init steer/shapes/weights/flow --steps 2000 --lr 2e-4
 
 The ``sd`` stage trains a UNet2DConditionModel + CLIPTextModel (epsilon prediction, DDIM
 schedule) and saves a ``StableDiffusionPipeline``; ``flow`` trains an SD3Transformer2DModel +
@@ -153,15 +154,37 @@ def _latents(vae, images: np.ndarray, device: str) -> torch.Tensor:
     return torch.cat(out)
 
 
-def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr: float, device: str, save_every: int, cfg_drop: float = 0.1) -> None:
-    """Train the ``sd`` (UNet, epsilon, DDIM) or ``flow`` (SD3 transformer, rectified flow) model."""
+def _from_pipeline(kind: str, folder: Path, encoders: list, denoiser):
+    """The denoiser and text encoders of an exported pipeline folder, in place of fresh ones (``--init``)."""
+    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+
+    if kind == "sd":
+        denoiser = UNet2DConditionModel.from_pretrained(folder / "unet")
+        names = ["text_encoder"]
+    else:
+        denoiser = SD3Transformer2DModel.from_pretrained(folder / "transformer")
+        names = ["text_encoder", "text_encoder_2"]
+    encoders = [type(enc).from_pretrained(folder / name) for enc, name in zip(encoders, names)]
+    return encoders, denoiser
+
+
+def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr: float, device: str, save_every: int, cfg_drop: float = 0.1,
+                   init: Path | None = None) -> None:
+    """Train the ``sd`` (UNet, epsilon, DDIM) or ``flow`` (SD3 transformer, rectified flow) model.
+
+    ``init``: an exported pipeline folder (e.g. the shipped weights) to continue from instead of
+    random weights; its VAE is used when the run has none. ``steps`` then counts the new steps.
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, UNet2DConditionModel
 
     from ..models.attention import CollapsedPaddingJointAttnProcessor
 
     stage = run / kind
     stage.mkdir(parents=True, exist_ok=True)
-    vae = AutoencoderKL.from_pretrained(run / "vae" / "final").to(device).eval()
+    vae_dir = run / "vae" / "final"
+    if init is not None and not vae_dir.exists():
+        vae_dir = init / "vae"
+    vae = AutoencoderKL.from_pretrained(vae_dir).to(device).eval()
     tok = build_tokenizer()
     torch.manual_seed(1 if kind == "sd" else 2)
     if kind == "sd":
@@ -172,6 +195,9 @@ def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr:
         encoders = [make_text_encoder(len(tok), tok, with_projection=True) for _ in range(2)]
         denoiser = SD3Transformer2DModel(**_cfg("transformer"))
         sched = FlowMatchEulerDiscreteScheduler(**_cfg("flow_scheduler"))
+    if init is not None:
+        encoders, denoiser = _from_pipeline(kind, init, encoders, denoiser)
+    if kind == "flow":
         denoiser.set_attn_processor(CollapsedPaddingJointAttnProcessor(SD3_MAX_SEQUENCE_LENGTH))
     modules = torch.nn.ModuleList([denoiser, *encoders]).to(device)
     params = [p for p in modules.parameters()]
@@ -234,7 +260,14 @@ def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr:
             _save_ckpt(stage / f"ema_{step}.pt", ema=ema.shadow, step=step)
     ema.copy_to(params)
     _export_pipeline(kind, stage / "final", vae, tok, denoiser, encoders, sched)
-    (stage / "meta.json").write_text(json.dumps({"steps": steps, "batch": batch, "lr": lr, "seconds": round(time.time() - t0, 1), "hardware": _hardware()}))
+    meta = {"steps": steps, "batch": batch, "lr": lr, "seconds": round(time.time() - t0, 1), "hardware": _hardware()}
+    if init is not None:
+        meta["init"] = str(init)
+        for previous in (init / "training.json", init.parent / "meta.json"):  # an exported folder, or a run's final/
+            if previous.exists():
+                meta["before_init"] = json.loads(previous.read_text())
+                break
+    (stage / "meta.json").write_text(json.dumps(meta))
 
 
 def _export_pipeline(kind, out: Path, vae, tok, denoiser, encoders, sched) -> None:
@@ -281,6 +314,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--init", type=Path, help="continue from an exported pipeline folder (e.g. steer/shapes/weights/flow) instead of random weights")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -292,9 +326,12 @@ def main(argv=None) -> None:
     (a.run / a.stage).mkdir(parents=True, exist_ok=True)
     (a.run / a.stage / "command.txt").write_text(" ".join([Path(sys.executable).name, "-m", "steer.train.shapes_t2i", *(argv or sys.argv[1:])]))
     if a.stage == "vae":
-        train_vae(a.run, data, a.steps or 1500, a.batch, a.lr or 1e-3, a.device, a.save_every)
+        train_vae(a.run, data, 1500 if a.steps is None else a.steps, a.batch, 1e-3 if a.lr is None else a.lr, a.device, a.save_every)
     else:
-        train_denoiser(a.stage, a.run, data, a.steps or {"sd": 3000, "flow": 5000}[a.stage], a.batch, a.lr or 5e-4, a.device, a.save_every)
+        if a.init is not None and not (a.init / "model_index.json").exists():
+            p.error(f"--init {a.init}: not an exported pipeline folder (no model_index.json)")
+        steps = {"sd": 3000, "flow": 5000}[a.stage] if a.steps is None else a.steps
+        train_denoiser(a.stage, a.run, data, steps, a.batch, 5e-4 if a.lr is None else a.lr, a.device, a.save_every, init=a.init)
 
 
 if __name__ == "__main__":
