@@ -44,7 +44,7 @@ class FlemingViot(Method):
     resamples = True
 
     def __init__(self, lam: float | str = AUTO, interval: int | None = None, window: tuple[float, float] = (0.0, 1.0),
-                 resampler: str = "systematic", ess_target: float = 0.5):
+                 resampler: str = "systematic", ess_target: float = 0.8):
         get_resampler(resampler)
         lam = check_lam(lam)
         if interval is not None:

@@ -3,8 +3,8 @@
 A fixed λ must suit the reward's scale: CLIPScore-like rewards span tens of units (λ ≈ 0.1),
 z-scored rewards such as ImageReward a few (λ ≈ 1–10). ``lam="auto"`` needs no scale: at each
 potential step and for each prompt it takes the largest λ whose reweighting keeps the effective
-sample size at ``ess_target · N`` (the adaptive tempering of SMC samplers; Jasra et al. 2011), so
-the weights never collapse onto one particle, whatever the reward's units.
+sample size at ``ess_target · N`` (default 0.8; the adaptive tempering of SMC samplers, Jasra et al.
+2011), so the weights never collapse onto one particle, whatever the reward's units.
 """
 
 from __future__ import annotations
