@@ -159,8 +159,8 @@ class ModelAdapter(ABC):
     def prepare(self, warn: bool = True) -> str:
         """Choose how this call steps (after ``eta`` is set, before :meth:`set_schedule`); returns the trace's description.
 
-        With ``eta == 0``, or a scheduler that draws its own noise (ancestral, SDE, LCM, TCD) or takes
-        ``eta`` (DDIM), particles step with the pipeline's own ``scheduler.step``. A noisy step asked of
+        With ``eta == 0``, or a scheduler that draws its own noise (ancestral, SDE, LCM) or takes
+        ``eta`` (DDIM, TCD), particles step with the pipeline's own ``scheduler.step``. A noisy step asked of
         a deterministic scheduler (Euler, DPM-Solver++, PNDM, UniPC, FlowMatchEuler) falls back to
         DDIM(η) (the flow SDE step for flow models) on the scheduler's timesteps, with a warning once.
         """

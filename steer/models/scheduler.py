@@ -16,16 +16,15 @@ from typing import Sequence
 
 import torch
 
-#: schedulers that draw fresh noise in ``step`` whatever their settings
+#: schedulers that draw fresh noise in ``step`` whatever their settings (DDIM and TCD take ``eta`` instead)
 NOISY_SCHEDULERS = ("EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DPMSolverSDEScheduler", "DDPMScheduler",
-                    "DDPMParallelScheduler", "LCMScheduler", "TCDScheduler")
+                    "DDPMParallelScheduler", "LCMScheduler")
 
 
 def scheduler_adds_noise(scheduler) -> bool:
     """Whether ``scheduler.step`` injects noise by itself (ancestral / SDE / consistency samplers)."""
-    name = type(scheduler).__name__
-    if name in NOISY_SCHEDULERS:
-        return name != "TCDScheduler" or float(scheduler.config.get("gamma", 0.3) if hasattr(scheduler, "config") else 0.3) > 0
+    if type(scheduler).__name__ in NOISY_SCHEDULERS:
+        return True
     cfg = getattr(scheduler, "config", {})
     return "sde" in str(cfg.get("algorithm_type", "")) or bool(cfg.get("stochastic_sampling", False))
 

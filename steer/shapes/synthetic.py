@@ -76,10 +76,10 @@ def blob_coverage(kind: str, cx: float, cy: float, area: float, angle: float, rn
         h = np.sqrt(area) * 1.4
         t = h * rng.uniform(0.35, 0.5)
         m = ((np.abs(u) <= h / 2) & (np.abs(v) <= h / 2)) & ((u < -h / 2 + t) | (v > h / 2 - t))
-    elif kind == "kite":  # a rhombus with unequal diagonals
+    elif kind == "kite":  # a rhombus with unequal half-diagonals a > b (about twice ``area``)
         a = np.sqrt(area) * rng.uniform(1.15, 1.4)
         b = area / a
-        m = np.abs(u) / (b / 1) + np.abs(v) / (a / 1) <= 1.0
+        m = np.abs(u) / b + np.abs(v) / a <= 1.0
     elif kind == "pentagon":
         k = np.arange(5) * 2 * np.pi / 5
         R = np.sqrt(area / (2.5 * np.sin(2 * np.pi / 5)))
