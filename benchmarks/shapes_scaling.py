@@ -52,9 +52,20 @@ def _generate(steered, records, seeds: int, steps: int, guidance: float, n: int,
     return gen(), stats
 
 
-def judge_selected(records: list[dict], images: np.ndarray) -> dict:
+def _verdicts(images, records, jobs: int = 1) -> list:
+    """``evaluate_image`` of each (image, record) pair, over ``jobs`` processes."""
+    pairs = list(zip(images, records, strict=True))
+    if jobs <= 1:
+        return [evaluate_image(im, rec) for im, rec in pairs]
+    from multiprocessing import get_context
+
+    with get_context("spawn").Pool(jobs) as pool:
+        return pool.starmap(evaluate_image, pairs, chunksize=64)
+
+
+def judge_selected(records: list[dict], images: np.ndarray, jobs: int = 1) -> dict:
     """Accuracy of one returned image per (prompt × seed) record, by the exact evaluator."""
-    verdicts = [evaluate_image(im, rec) for im, rec in zip(images, records, strict=True)]
+    verdicts = _verdicts(images, records, jobs)
     s = summarize(verdicts)
     return {"accuracy": s["overall"], "tasks": s["tasks"], "correct": [int(v.correct) for v in verdicts]}
 
@@ -77,10 +88,12 @@ def run_config(steered, records, seeds: int, steps: int, guidance: float, n: int
             "mean_reward": float(np.mean(rewards)), "seconds": seconds}
 
 
-def judge_pool(records: list[dict], pool_images: np.ndarray, pool_rewards: np.ndarray, ns: list[int]) -> list[dict]:
+def judge_pool(records: list[dict], pool_images: np.ndarray, pool_rewards: np.ndarray, ns: list[int], jobs: int = 1) -> list[dict]:
     """Best-of-N accuracy and reward for each N from a pool ``(records, big, H, W, 3)``: disjoint groups of N, averaged."""
     big = pool_images.shape[1]
-    pool = [(rec["tag"], np.array([evaluate_image(im, rec).correct for im in imgs]), r) for rec, imgs, r in zip(records, pool_images, pool_rewards)]
+    flat = _verdicts(pool_images.reshape(-1, *pool_images.shape[2:]), [rec for rec in records for _ in range(big)], jobs)
+    ok = np.array([v.correct for v in flat]).reshape(len(records), big)
+    pool = [(rec["tag"], ok[i], r) for i, (rec, r) in enumerate(zip(records, pool_rewards))]
     rows = []
     for n in ns:
         per_prompt, best_rewards = [], []
@@ -120,6 +133,28 @@ def run_best_of_n_pool(steered, records, seeds: int, steps: int, guidance: float
         rows.append({"nfe": stats["nfe"] / len(recs) * n / big, "reward_calls": stats["reward_calls"] / len(recs) * n / big,
                      **judged, "seconds": round(seconds * n / big, 2), "estimate": f"pool of {big}"})
     return rows
+
+
+def comparisons(rows: list[dict]) -> list[dict]:
+    """Each resampling row at N particles against best-of-N at 2N (the equal-compute target: 4× vs 8× the base NFE)
+    and at N, paired on the same prompts and seeds, with a bootstrap 95 % interval (rows need ``correct``)."""
+    from steer.eval.stats import paired_bootstrap
+
+    out = []
+    for r in rows:
+        if r["method"] == "best_of_n" or "correct" not in r:
+            continue
+        n = r["options"]["num_particles"]
+        for m in (2 * n, n):
+            ref = next((b for b in rows if b["model"] == r["model"] and b["method"] == "best_of_n" and b["options"].get("eta") is None
+                        and b["options"]["num_particles"] == m and "correct" in b), None)
+            if ref is None:
+                continue
+            d = paired_bootstrap(r["correct"], ref["correct"])
+            out.append({"model": r["model"], "method": r["method"], "particles": n, "versus": f"best_of_n N={m}", "diff": d["diff"],
+                        "low": d["low"], "high": d["high"], "pairs": d["n"],
+                        "verdict": "tie" if d["low"] <= 0 <= d["high"] else ("better" if d["diff"] > 0 else "worse")})
+    return out
 
 
 def _print(row: dict) -> None:
@@ -201,7 +236,7 @@ def save_images(folder: Path, row: dict, records: list[dict], keep: dict) -> Non
     np.savez_compressed(_image_file(folder, row), images=keep["images"], rewards=keep["rewards"], records=json.dumps(records))
 
 
-def rejudge(result: dict, folder: Path) -> dict:
+def rejudge(result: dict, folder: Path, jobs: int = 1) -> dict:
     """The rows of an earlier run judged again by today's evaluator, from its saved images (compute figures kept)."""
     rows, pools = [], {}
     for row in result["rows"]:
@@ -213,10 +248,10 @@ def rejudge(result: dict, folder: Path) -> dict:
         if row.get("estimate", "").startswith("pool"):
             if f not in pools:
                 ns = [r["options"]["num_particles"] for r in result["rows"] if _image_file(folder, r) == f]
-                pools[f] = dict(zip(ns, judge_pool(records, data["images"], data["rewards"], ns)))
+                pools[f] = dict(zip(ns, judge_pool(records, data["images"], data["rewards"], ns, jobs)))
             judged = pools[f][row["options"]["num_particles"]]
         else:
-            judged = {**judge_selected(records, data["images"]), "mean_reward": float(np.mean(data["rewards"]))}
+            judged = {**judge_selected(records, data["images"], jobs), "mean_reward": float(np.mean(data["rewards"]))}
         rows.append({**row, **judged})
         _print(rows[-1])
     return {"config": {**result["config"], "rejudged": True}, "rows": rows}
@@ -249,13 +284,17 @@ def main(argv=None) -> dict:
     p.add_argument("--images", type=Path, help="save every judged image (and its reward) here, for --rejudge")
     p.add_argument("--rejudge", type=Path, nargs=2, metavar=("RESULT_JSON", "IMAGES"),
                    help="judge a finished run's saved images again with today's evaluator (no generation)")
+    p.add_argument("--jobs", type=int, default=1, help="processes for --rejudge")
     a = p.parse_args(argv)
     if a.rejudge or a.merge:  # no generation: judge saved images again, or combine finished runs
         if a.rejudge:
-            result = rejudge(json.loads(a.rejudge[0].read_text()), a.rejudge[1])
+            result = rejudge(json.loads(a.rejudge[0].read_text()), a.rejudge[1], a.jobs)
         else:
             result = merge([json.loads(f.read_text()) for f in a.merge])
         print(markdown(result["rows"]))
+        result["comparisons"] = comparisons(result["rows"])
+        for c in result["comparisons"]:
+            print(f"{c['model']:5s} {c['method']:13s} N={c['particles']} vs {c['versus']:15s}: {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] {c['verdict']}")
         if a.out:
             a.out.parent.mkdir(parents=True, exist_ok=True)
             a.out.write_text(json.dumps(result, indent=2))
