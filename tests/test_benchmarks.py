@@ -66,3 +66,14 @@ def test_merge_weights_slices_by_prompts_and_seeds():
     broken["rows"][0]["options"] = {"num_particles": 8}
     with pytest.raises(ValueError, match="missing"):
         shapes_scaling.merge([res(24, 2, 1.0, 0.5, 100.0, 10.0), broken])
+
+
+def test_comparisons_pair_resampling_rows_with_best_of_n_at_equal_and_double_particles():
+    def row(method, n, correct):
+        return {"model": "sd", "method": method, "options": {"num_particles": n}, "correct": correct}
+
+    rows = [row("best_of_n", 4, [1, 0] * 50), row("best_of_n", 8, [1] * 100), row("smc", 4, [1, 0] * 50)]
+    out = {c["versus"]: c for c in shapes_scaling.comparisons(rows)}
+    assert out["best_of_n N=8"]["diff"] == pytest.approx(-0.5) and out["best_of_n N=8"]["verdict"] == "worse"
+    assert out["best_of_n N=4"]["diff"] == 0.0 and out["best_of_n N=4"]["verdict"] == "tie"
+    assert out["best_of_n N=8"]["pairs"] == 100 and out["best_of_n N=8"]["particles"] == 4
