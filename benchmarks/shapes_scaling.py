@@ -202,8 +202,10 @@ def plot(rows: list[dict], models: list[str], path: Path) -> None:
 def merge(results: list[dict]) -> dict:
     """Combine runs over disjoint prompt slices (``--offset``: per-task accuracies weighted by prompts × seeds),
     or runs of different models on the same prompts (their rows side by side)."""
+    if len(results) == 1:
+        return results[0]
     models = [{r["model"] for r in res["rows"]} for res in results]
-    if len(results) > 1 and sum(len(m) for m in models) == len(set().union(*models)):
+    if sum(len(m) for m in models) == len(set().union(*models)):
         return {"config": {"merged": [r["config"] for r in results]}, "rows": [row for res in results for row in res["rows"]]}
     groups: dict[tuple, list[tuple[float, dict]]] = {}
     for res in results:
