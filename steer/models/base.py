@@ -168,10 +168,10 @@ class ModelAdapter(ABC):
         if sched is None:  # a custom adapter on an object without a scheduler: its own transitions
             self.native, self.sampler = False, f"{type(self).__name__}.transition"
             return self.sampler
-        name = type(sched).__name__
-        self.native = self.eta == 0 or scheduler_adds_noise(sched) or "eta" in step_parameters(sched)
+        name, takes_eta = type(sched).__name__, "eta" in step_parameters(sched)
+        self.native = self.eta == 0 or scheduler_adds_noise(sched) or takes_eta
         if self.native:
-            self.sampler = f"{name}.step" + (f" (eta={self.eta:g})" if "eta" in step_parameters(sched) else "")
+            self.sampler = f"{name}.step" + (f" (eta={self.eta:g})" if takes_eta else "")
         else:
             note = fallback_note(sched, self.eta, flow=self.family in ("sd3", "flux"))
             self.sampler = f"fallback: {note}"

@@ -16,6 +16,8 @@ from typing import Sequence
 
 import torch
 
+from .sampling import to_x0_eps
+
 #: schedulers that draw fresh noise in ``step`` whatever their settings (DDIM and TCD take ``eta`` instead)
 NOISY_SCHEDULERS = ("EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DPMSolverSDEScheduler", "DDPMScheduler",
                     "DDPMParallelScheduler", "LCMScheduler")
@@ -66,8 +68,12 @@ class SchedulerStepper:
         t = float(self.timesteps[i])
         if self.flow:
             return t / float(self.scheduler.config.num_train_timesteps)
+        return (1 - self._alpha(t)) ** 0.5
+
+    def _alpha(self, t: float) -> float:
+        """ᾱ at (the nearest training step to) timestep ``t``."""
         ac = self.scheduler.alphas_cumprod
-        return float((1 - ac[min(max(round(t), 0), len(ac) - 1)]) ** 0.5)
+        return float(ac[min(max(round(t), 0), len(ac) - 1)])
 
     # ------------------------------------------------------------------ stepping
     def _at(self, i: int) -> None:
@@ -87,11 +93,7 @@ class SchedulerStepper:
         t = float(self.timesteps[i])
         if self.flow:
             return x - t / float(self.scheduler.config.num_train_timesteps) * model_output
-        from .sampling import to_x0_eps
-
-        ac = self.scheduler.alphas_cumprod
-        a = float(ac[min(max(round(t), 0), len(ac) - 1)])
-        return to_x0_eps(model_output, x, a, self.prediction_type)[0]
+        return to_x0_eps(model_output, x, self._alpha(t), self.prediction_type)[0]
 
     def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor, generators: Sequence[torch.Generator] | None,
              eta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,8 +87,12 @@ class RewardError(ValueError):
     """A reward returned something other than one finite score per image."""
 
 
+def _name(reward: Reward) -> str:
+    return getattr(reward, "name", type(reward).__name__)
+
+
 def _check_scores(reward: Reward, r, batch: int) -> torch.Tensor:
-    name = getattr(reward, "name", type(reward).__name__)
+    name = _name(reward)
     if not isinstance(r, torch.Tensor):
         raise RewardError(f"reward {name!r} returned a {type(r).__name__}; a reward's score() must return a tensor of shape ({batch},), one score per image")
     if r.shape not in ((batch,), (batch, 1)):
@@ -123,7 +127,7 @@ def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, p
     r = torch.cat(out)
     bad = ~torch.isfinite(r)
     if bad.any():
-        name = getattr(problem.reward, "name", type(problem.reward).__name__)
+        name = _name(problem.reward)
         for p in prompt_index[bad].unique().tolist():
             if bad[prompt_index == p].all():
                 raise RewardError(
