@@ -6,7 +6,8 @@ Every stage checkpoints and resumes (rerun the same command after an interruptio
     python -m steer.train.shapes_t2i --run runs/shapes --stage sd
     python -m steer.train.shapes_t2i --run runs/shapes --stage flow
     python -m steer.train.shapes_t2i --run runs/shapes --export steer/shapes/weights
-    python -m steer.train.shapes_t2i --run runs/flow2 --stage flow --init steer/shapes/weights/flow --steps 2000 --lr 2e-4
+    python -m steer.train.shapes_t2i --run runs/flow2 --stage flow --init steer/shapes/weights/flow \
+        --steps 3000 --lr 3e-4 --lr-schedule cosine --sigma-sampling mixed
 
 The ``sd`` stage trains a UNet2DConditionModel + CLIPTextModel (epsilon prediction, DDIM
 schedule) and saves a ``StableDiffusionPipeline``; ``flow`` trains an SD3Transformer2DModel +
@@ -168,12 +169,41 @@ def _from_pipeline(kind: str, folder: Path, encoders: list, denoiser):
     return encoders, denoiser
 
 
+def _lr_factor(schedule: str, step: int, steps: int, warmup: int = 200, floor: float = 0.1) -> float:
+    """Learning-rate multiplier: linear warm-up, then constant or cosine decay to ``floor``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, steps - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
+
+
+def sample_sigma(kind: str, batch: int, gen: torch.Generator | None = None, device: str = "cpu") -> torch.Tensor:
+    """Noise levels for the rectified-flow loss.
+
+    ``logit_normal``: sigmoid of a standard normal, as SD3 (few samples below σ≈0.1 or above 0.9).
+    ``mixed``: that for 70 % of the batch and uniform on (0, 1) for 30 %, so the ends of the
+    path (layout at high noise, crisp outlines at low noise) are trained too.
+    """
+    sigma = torch.sigmoid(torch.randn(batch, generator=gen, device=device))
+    if kind == "mixed":
+        uniform = torch.rand(batch, generator=gen, device=device)
+        pick = torch.rand(batch, generator=gen, device=device) < 0.3
+        sigma = torch.where(pick, uniform, sigma)
+    elif kind != "logit_normal":
+        raise ValueError(f"unknown sigma sampling {kind!r}; choose logit_normal or mixed")
+    return sigma
+
+
 def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr: float, device: str, save_every: int, cfg_drop: float = 0.1,
-                   init: Path | None = None) -> None:
+                   init: Path | None = None, lr_schedule: str = "constant", sigma_sampling: str = "logit_normal") -> None:
     """Train the ``sd`` (UNet, epsilon, DDIM) or ``flow`` (SD3 transformer, rectified flow) model.
 
     ``init``: an exported pipeline folder (e.g. the shipped weights) to continue from instead of
     random weights; its VAE is used when the run has none. ``steps`` then counts the new steps.
+    ``lr_schedule``: ``constant`` after warm-up (the first shipped models) or ``cosine`` decay to
+    10 %; ``sigma_sampling`` (flow only): see :func:`sample_sigma`.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, UNet2DConditionModel
 
@@ -222,7 +252,7 @@ def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr:
     warmup = 200
     while step < steps:
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / warmup)
+            g["lr"] = lr * _lr_factor(lr_schedule, step, steps, warmup)
         idx = gen.integers(0, len(latents), batch)
         x0 = latents[idx].to(device)
         tokens = ids[idx].clone()
@@ -241,7 +271,7 @@ def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr:
             ctx = torch.cat([o.hidden_states[-2] for o in outs], -1)
             ctx = torch.cat([ctx, ctx.new_zeros(batch, 1, ctx.shape[-1])], 1)  # the collapsed T5 padding
             pooled = torch.cat([o.text_embeds for o in outs], -1)
-            sigma = torch.sigmoid(torch.randn(batch, device=device))  # logit-normal, as SD3
+            sigma = sample_sigma(sigma_sampling, batch, device=device)
             s = sigma.view(-1, 1, 1, 1)
             xt = (1 - s) * x0 + s * noise
             pred = denoiser(hidden_states=xt, timestep=sigma * sched.config.num_train_timesteps, encoder_hidden_states=ctx, pooled_projections=pooled).sample
@@ -260,7 +290,9 @@ def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr:
             _save_ckpt(stage / f"ema_{step}.pt", ema=ema.shadow, step=step)
     ema.copy_to(params)
     _export_pipeline(kind, stage / "final", vae, tok, denoiser, encoders, sched)
-    meta = {"steps": steps, "batch": batch, "lr": lr, "seconds": round(time.time() - t0, 1), "hardware": _hardware()}
+    meta = {"steps": steps, "batch": batch, "lr": lr, "lr_schedule": lr_schedule, "seconds": round(time.time() - t0, 1), "hardware": _hardware()}
+    if kind == "flow":
+        meta["sigma_sampling"] = sigma_sampling
     if init is not None:
         meta["init"] = str(init)
         for previous in (init / "training.json", init.parent / "meta.json"):  # an exported folder, or a run's final/
@@ -314,6 +346,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant", help="after the 200-step warm-up")
+    p.add_argument("--sigma-sampling", choices=["logit_normal", "mixed"], default="logit_normal", help="flow noise levels (see sample_sigma)")
     p.add_argument("--init", type=Path, help="continue from an exported pipeline folder (e.g. steer/shapes/weights/flow) instead of random weights")
     a = p.parse_args(argv)
     if a.threads:
@@ -331,7 +365,8 @@ def main(argv=None) -> None:
         if a.init is not None and not (a.init / "model_index.json").exists():
             p.error(f"--init {a.init}: not an exported pipeline folder (no model_index.json)")
         steps = {"sd": 3000, "flow": 5000}[a.stage] if a.steps is None else a.steps
-        train_denoiser(a.stage, a.run, data, steps, a.batch, 5e-4 if a.lr is None else a.lr, a.device, a.save_every, init=a.init)
+        train_denoiser(a.stage, a.run, data, steps, a.batch, 5e-4 if a.lr is None else a.lr, a.device, a.save_every, init=a.init,
+                       lr_schedule=a.lr_schedule, sigma_sampling=a.sigma_sampling)
 
 
 if __name__ == "__main__":
