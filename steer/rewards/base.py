@@ -24,7 +24,9 @@ class Reward(torch.nn.Module):
         """Scores of shape ``(B,)`` for ``images`` ``(B, 3, H, W)`` in [0, 1] and one prompt per image."""
         raise NotImplementedError
 
-    def forward(self, images: torch.Tensor, prompts: Sequence[str] | str) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, prompts: Sequence[str] | str, noise_level=None) -> torch.Tensor:
+        """Scores of ``images`` against ``prompts``. ``noise_level`` (one float, or one per image; 1 = pure
+        noise, 0 = clean) reaches :meth:`score` only for noise-aware rewards; others ignore it."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.name}: expected images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
         if isinstance(prompts, str):
@@ -33,6 +35,8 @@ class Reward(torch.nn.Module):
             raise ValueError(f"{self.name}: got {images.shape[0]} images but {len(prompts)} prompts; pass one prompt per image")
         ctx = torch.enable_grad() if (self.differentiable and images.requires_grad) else torch.no_grad()
         with ctx:
+            if self.noise_aware:
+                return self.score(images, list(prompts), noise_level=noise_level)
             return self.score(images, list(prompts))
 
     def normalized(self, mean: float, std: float) -> "Reward":

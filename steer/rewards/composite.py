@@ -21,8 +21,8 @@ class Normalized(Reward):
         self.differentiable = reward.differentiable
         self.noise_aware = reward.noise_aware
 
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        return (self.reward(images, prompts) - self.mean) / self.std
+    def score(self, images: torch.Tensor, prompts: Sequence[str], noise_level=None) -> torch.Tensor:
+        return (self.reward(images, prompts, noise_level=noise_level) - self.mean) / self.std
 
 
 def _pairs(rewards: Mapping[Reward, float] | Iterable[tuple[Reward, float]]) -> list[tuple[Reward, float]]:
@@ -48,10 +48,10 @@ class WeightedReward(Reward):
         self.differentiable = all(r.differentiable for r in self.parts)
         self.noise_aware = all(r.noise_aware for r in self.parts)
 
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    def score(self, images: torch.Tensor, prompts: Sequence[str], noise_level=None) -> torch.Tensor:
         total = None
         for r, w in zip(self.parts, self.weights):
-            s = w * r(images, prompts).float()
+            s = w * r(images, prompts, noise_level=noise_level).float()
             total = s if total is None else total + s.to(total.device)
         return total
 

@@ -26,10 +26,17 @@ def get_reward(name: str, normalize: tuple[float, float] | None = None, **kwargs
     """Build the reward registered as ``name`` with ``kwargs``; ``normalize=(mean, std)`` wraps it in
     :class:`~steer.rewards.composite.Normalized`. Unknown names raise ``ValueError``."""
     key = name.lower()
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(available_rewards())}")
-    reward = _REGISTRY[key](**kwargs)
-    reward.name = key
+    if key.startswith("noise_aware:"):  # a folder written by steer.train.noise_aware
+        from .noise_aware import NoiseAwareReward
+
+        reward = NoiseAwareReward.from_pretrained(name.split(":", 1)[1], **kwargs)
+        reward.name = name
+    elif key not in _REGISTRY:
+        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(available_rewards())}, or 'noise_aware:PATH' "
+                         "(a folder written by python -m steer.train.noise_aware)")
+    else:
+        reward = _REGISTRY[key](**kwargs)
+        reward.name = key
     if normalize is not None:
         from .composite import Normalized
 
@@ -63,4 +70,15 @@ register_reward("pickscore", _lazy("pickscore", "PickScore"))
 register_reward("hpsv2", _lazy("hps", "HPSv2", version="v2.0"))
 register_reward("hpsv2.1", _lazy("hps", "HPSv2", version="v2.1"))
 register_reward("imagereward", _lazy("imagereward", "ImageReward"))
+def _shapes_noise_aware(model: str):
+    def factory(**kwargs: Any) -> Reward:
+        from steer.shapes import load_noise_aware_reward
+
+        return load_noise_aware_reward(model, **kwargs)
+
+    return factory
+
+
 register_reward("shapes_clip", _shapes_clip)
+register_reward("shapes_noise_aware_sd", _shapes_noise_aware("sd"))
+register_reward("shapes_noise_aware_flow", _shapes_noise_aware("flow"))

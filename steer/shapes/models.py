@@ -42,3 +42,15 @@ def load_reward(path: str | Path | None = None, device: str | torch.device = "cp
     reward = OpenCLIPScore(str(_folder(path, "reward")), device=device)
     reward.name = "shapes_clip"
     return reward
+
+
+def load_noise_aware_reward(model: str = "sd", path: str | Path | None = None, device: str | torch.device = "cpu"):
+    """The shipped noise-aware shapes reward for the ``sd`` or ``flow`` model (a
+    :class:`steer.rewards.noise_aware.NoiseAwareReward`; it refuses other models)."""
+    from ..rewards.noise_aware import NoiseAwareReward
+
+    if model not in ("sd", "flow"):
+        raise ValueError(f"model must be 'sd' or 'flow', got {model!r}")
+    reward = NoiseAwareReward.from_pretrained(_folder(path, f"noise_aware_{model}"), device=device)
+    reward.name = f"shapes_noise_aware_{model}"
+    return reward
