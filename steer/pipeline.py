@@ -18,6 +18,8 @@ from .search.base import Problem
 from .search.trace import Budget, BudgetExceeded, Trace
 
 #: call options handled by the engine (everything else goes to the method or the prompt encoder)
+#: method options whose value is a reward (a name is built once per pipeline and reused)
+REWARD_OPTIONS = ("verifier", "potential_reward")
 ENGINE_OPTIONS = ("num_particles", "eta", "max_nfe", "max_reward_calls", "max_batch", "reward_batch", "return_all")
 
 
@@ -85,7 +87,8 @@ class SteeredPipeline:
         self.method = method
         self.adapter = get_adapter(pipe)  # raises for unsupported families
         self.defaults = dict(options)
-        get_method(method, **self._split(self.defaults)[1])  # bad method options fail here, not at the first call
+        self._rewards: dict[str, Reward] = {}
+        get_method(method, **self._method_options(self._split(self.defaults)[1]))  # bad method options fail here, not at the first call
         self.reward = _resolve_reward(reward, self.adapter.device)
 
     def __getattr__(self, name):
@@ -123,6 +126,19 @@ class SteeredPipeline:
             )
         return engine, method, rest
 
+    def _method_options(self, opts: dict) -> dict:
+        """Method options with reward names (``verifier="shapes_noise_aware_sd"``) built into rewards, once per pipeline."""
+        out = dict(opts)
+        for key in REWARD_OPTIONS:
+            value = out.get(key)
+            if isinstance(value, str):
+                if value not in self._rewards:
+                    self._rewards[value] = _resolve_reward(value, self.adapter.device)
+                out[key] = self._rewards[value]
+            elif isinstance(value, Reward):
+                out[key] = value.to(self.adapter.device)
+        return out
+
     def _default(self, name: str, fallback):
         p = inspect.signature(self.pipe.__call__).parameters.get(name)
         return p.default if p is not None and p.default is not inspect.Parameter.empty and p.default is not None else fallback
@@ -158,7 +174,7 @@ class SteeredPipeline:
             raise ValueError("num_images_per_prompt is not supported: use num_particles (and return_all=True for every particle)")
         options.pop("num_images_per_prompt", None)
         engine, method_opts, encoder_opts = self._split({**self.defaults, **options})
-        method = get_method(self.method, **method_opts)
+        method = get_method(self.method, **self._method_options(method_opts))
         steps = self._default("num_inference_steps", 25) if num_inference_steps is None else validate.integer("num_inference_steps", num_inference_steps, 1)
         guidance = validate.real("guidance_scale", self._default("guidance_scale", 5.0) if guidance_scale is None else guidance_scale)
         adapter = self.adapter

@@ -5,6 +5,7 @@ import inspect
 from .base import Method, Problem
 from .best_of_n import BestOfN
 from .fleming_viot import FlemingViot
+from .prune import DEFAULT_SCHEDULE, Prune
 from .resampling import RESAMPLERS, ess, get_resampler, multinomial, normalize, residual, stratified, systematic
 from .smc import POTENTIALS, SMC
 from .trace import Budget, BudgetExceeded, Trace
@@ -17,6 +18,8 @@ METHODS: dict[str, type[Method]] = {
     "fk_steering": SMC,
     "fleming_viot": FlemingViot,
     "fv": FlemingViot,
+    "prune": Prune,
+    "ttsnap": Prune,
 }
 
 
@@ -32,6 +35,6 @@ def get_method(name: str, **options) -> Method:
 
 
 __all__ = [
-    "BestOfN", "Budget", "BudgetExceeded", "FlemingViot", "METHODS", "Method", "POTENTIALS", "Problem", "RESAMPLERS",
+    "BestOfN", "Budget", "DEFAULT_SCHEDULE", "Prune", "BudgetExceeded", "FlemingViot", "METHODS", "Method", "POTENTIALS", "Problem", "RESAMPLERS",
     "SMC", "Trace", "ess", "get_method", "get_resampler", "multinomial", "normalize", "residual", "stratified", "systematic",
 ]

@@ -58,8 +58,12 @@ class Method:
         self.options = options
 
     def plan(self, problem: Problem) -> tuple[int, int]:
-        """(NFE, reward calls) the method will spend, for budget checks before any work."""
+        """(NFE, reward-model calls: final and verifier calls together) the method will spend, for budget checks before any work."""
         raise NotImplementedError
+
+    def extra_rewards(self) -> list[Reward]:
+        """Rewards the method uses besides ``problem.reward`` (verifiers, potentials)."""
+        return []
 
     def run(self, problem: Problem, meter: Meter, trace: Trace) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Return (final clean latents of all particles, their final rewards ``(P, N)``, selected particle per prompt)."""
@@ -76,6 +80,7 @@ class Method:
         meter = Meter(problem.adapter, problem.budget)
         trace = Trace(self.name, dict(self.options), problem.num_prompts, problem.num_particles, problem.num_steps,
                       sampler=problem.adapter.sampler)
+        check_rewards(problem, *self.extra_rewards())
         latents, final, selected = self.run(problem, meter, trace)
         trace.final_rewards = final.tolist()
         trace.selected = list(selected)
@@ -102,24 +107,34 @@ def _check_scores(reward: Reward, r, batch: int) -> torch.Tensor:
     return r.detach().double().cpu().reshape(-1)
 
 
-def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, prompt_index: torch.Tensor, keep: bool = False) -> torch.Tensor:
+def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, prompt_index: torch.Tensor, keep: bool = False,
+          reward: Reward | None = None, noise_level: float = 0.0, verifier: bool = False) -> torch.Tensor:
     """Rewards of decoded clean-latent predictions (float64 on CPU; non-finite values become ``-inf``).
 
-    ``keep=True`` (the final scoring) stores the decoded images in ``problem.final_images`` so the
-    returned images need no second decode. A reward that returns the wrong type or shape, or no
-    finite score for any particle of a prompt, raises :class:`RewardError`; a non-finite score for
-    some particles gives them zero weight, counts them in ``trace.nonfinite_rewards`` and warns.
+    ``reward`` (default ``problem.reward``) scores the images; a noise-aware one also gets
+    ``noise_level``, the level of the state the x̂₀ was predicted from (0 for final images).
+    ``verifier=True`` counts the calls as verifier calls (``trace.verifier_calls``) instead of
+    reward calls. ``keep=True`` (the final scoring) stores the decoded images in
+    ``problem.final_images`` so the returned images need no second decode. A reward that returns
+    the wrong type or shape, or no finite score for any particle of a prompt, raises
+    :class:`RewardError`; a non-finite score for some particles gives them zero weight, counts
+    them in ``trace.nonfinite_rewards`` and warns.
     """
+    reward = problem.reward if reward is None else reward
     out, kept = [], []
     prompts = [problem.cond.prompts[i] for i in prompt_index.tolist()]
     with torch.no_grad():
         for s in range(0, latents.shape[0], problem.reward_batch):
             images = problem.adapter.decode(latents[s : s + problem.reward_batch])
             t0 = time.perf_counter()
-            r = problem.reward(images, prompts[s : s + problem.reward_batch])
-            meter.reward_seconds += time.perf_counter() - t0
-            meter.reward_calls += images.shape[0]
-            out.append(_check_scores(problem.reward, r, images.shape[0]))
+            r = reward(images, prompts[s : s + problem.reward_batch], noise_level=noise_level)
+            if verifier:
+                meter.verifier_seconds += time.perf_counter() - t0
+                meter.verifier_calls += images.shape[0]
+            else:
+                meter.reward_seconds += time.perf_counter() - t0
+                meter.reward_calls += images.shape[0]
+            out.append(_check_scores(reward, r, images.shape[0]))
             if keep:
                 kept.append(images)
     if keep:
@@ -127,7 +142,7 @@ def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, p
     r = torch.cat(out)
     bad = ~torch.isfinite(r)
     if bad.any():
-        name = _name(problem.reward)
+        name = _name(reward)
         for p in prompt_index[bad].unique().tolist():
             if bad[prompt_index == p].all():
                 raise RewardError(
@@ -139,6 +154,24 @@ def score(problem: Problem, meter: Meter, trace: Trace, latents: torch.Tensor, p
                       "(counted in trace.nonfinite_rewards)", RuntimeWarning, stacklevel=3)
         r = r.masked_fill(bad, -math.inf)
     return r
+
+
+def check_reward_option(name: str, reward) -> None:
+    """A method option that takes a reward: a :class:`Reward` or ``None`` (names are resolved by ``steer.wrap``)."""
+    if reward is not None and not isinstance(reward, Reward):
+        raise TypeError(f"{name} must be a steer.rewards.Reward or a registered reward name, got {type(reward).__name__}")
+
+
+def reward_label(reward) -> str | None:
+    """How a reward-valued option appears in ``trace.options``."""
+    return None if reward is None else _name(reward)
+
+
+def check_rewards(problem: Problem, *rewards: Reward | None) -> None:
+    """Noise-aware rewards must have been trained for this pipeline and image size (they carry a check)."""
+    for r in (problem.reward, *rewards):
+        if r is not None and hasattr(r, "check_compatible"):
+            r.check_compatible(problem.adapter, problem.height, problem.width)
 
 
 def reorder(problem: Problem, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

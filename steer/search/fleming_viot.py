@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from .. import validate
-from .base import Method, Problem, init_particles, progress, reorder, run_steps, score
+from ..rewards.base import Reward
+from .base import Method, Problem, check_reward_option, init_particles, progress, reorder, reward_label, run_steps, score
 from .resampling import ess, get_resampler
 from .smc import potential_steps
 from .tempering import AUTO, auto_lambda, check_lam
@@ -38,21 +39,28 @@ def birth_death(ancestors: torch.Tensor) -> torch.Tensor:
 class FlemingViot(Method):
     """Options: ``lam`` (λ, or ``"auto"``: at each step the largest λ whose masses keep an ESS of ``ess_target·N``),
     ``interval`` (default S/5), ``window`` ((start, end) fractions), ``resampler`` (default systematic),
-    ``ess_target`` (with ``lam="auto"``)."""
+    ``ess_target`` (with ``lam="auto"``), ``potential_reward`` (a reward, e.g. noise-aware, for the
+    intermediate masses; the final pick still uses the call's reward)."""
 
     name = "fleming_viot"
     resamples = True
 
     def __init__(self, lam: float | str = AUTO, interval: int | None = None, window: tuple[float, float] = (0.0, 1.0),
-                 resampler: str = "systematic", ess_target: float = 0.8):
+                 resampler: str = "systematic", ess_target: float = 0.8, potential_reward: Reward | None = None):
         get_resampler(resampler)
         lam = check_lam(lam)
         if interval is not None:
             interval = validate.integer("interval", interval, 1)
         ess_target = validate.real("ess_target", ess_target, 0.0, 1.0)
-        super().__init__(lam=lam, interval=interval, window=tuple(window), resampler=resampler, ess_target=ess_target)
+        check_reward_option("potential_reward", potential_reward)
+        super().__init__(lam=lam, interval=interval, window=tuple(window), resampler=resampler, ess_target=ess_target,
+                         potential_reward=reward_label(potential_reward))
+        self.potential_reward = potential_reward
         self.lam, self.interval, self.window, self.resampler = lam, interval, tuple(window), get_resampler(resampler)
         self.ess_target = ess_target
+
+    def extra_rewards(self) -> list[Reward]:
+        return [self.potential_reward] if self.potential_reward is not None else []
 
     def _steps(self, problem: Problem) -> list[int]:
         interval = self.interval if self.interval is not None else max(1, round(problem.num_steps / 5))
@@ -71,7 +79,8 @@ class FlemingViot(Method):
             for k in self._steps(problem):
                 x, x0 = run_steps(problem, x, done, k, cond, gens, bar)
                 done = k
-                r = score(problem, meter, trace, x0, idx).view(P, N)
+                r = score(problem, meter, trace, x0, idx, reward=self.potential_reward, noise_level=problem.adapter.noise_level(k - 1),
+                          verifier=self.potential_reward is not None).view(P, N)
                 anc = torch.arange(P * N)
                 row = {"step": k, "rewards": r.tolist(), "lam": [], "ess": [], "resampled": [], "ancestors": []}
                 for p in range(P):  # weights are uniform after every birth–death step

@@ -23,7 +23,8 @@ import math
 import torch
 
 from .. import validate
-from .base import Method, Problem, init_particles, progress, reorder, run_steps, score
+from ..rewards.base import Reward
+from .base import Method, Problem, check_reward_option, init_particles, progress, reorder, reward_label, run_steps, score
 from .resampling import ess, get_resampler, normalize
 from .tempering import AUTO, auto_lambda, check_lam
 
@@ -49,14 +50,18 @@ class SMC(Method):
     ``lam="auto"``: the ESS, as a fraction of N, each step's λ is chosen to reach, after which the
     particles are resampled; default 0.8, chosen on held-out shapes prompts), ``resampler``
     (systematic | stratified | multinomial | residual), ``select`` (best: highest final reward;
-    sample: draw by the final weights, with the last λ reached when ``lam="auto"``).
+    sample: draw by the final weights, with the last λ reached when ``lam="auto"``),
+    ``potential_reward`` (a reward, e.g. a noise-aware one, for the intermediate potentials; it gets
+    the noise level of each x̂₀; the final particles are still scored by the call's reward; its
+    calls count as ``trace.verifier_calls``).
     """
 
     name = "smc"
     resamples = True
 
     def __init__(self, potential: str = "max", lam: float | str = AUTO, interval: int | None = None, window: tuple[float, float] = (0.0, 1.0),
-                 ess_threshold: float = 0.5, resampler: str = "systematic", select: str = "best", ess_target: float = 0.8):
+                 ess_threshold: float = 0.5, resampler: str = "systematic", select: str = "best", ess_target: float = 0.8,
+                 potential_reward: Reward | None = None):
         if potential not in POTENTIALS:
             raise ValueError(f"unknown potential {potential!r}; choose one of {', '.join(POTENTIALS)}")
         if select not in ("best", "sample"):
@@ -67,10 +72,15 @@ class SMC(Method):
         if interval is not None:
             interval = validate.integer("interval", interval, 1)
         get_resampler(resampler)
+        check_reward_option("potential_reward", potential_reward)
         super().__init__(potential=potential, lam=lam, interval=interval, window=tuple(window), ess_threshold=ess_threshold, resampler=resampler, select=select,
-                         ess_target=ess_target)
+                         ess_target=ess_target, potential_reward=reward_label(potential_reward))
+        self.potential_reward = potential_reward
         self.potential, self.lam, self.interval, self.window, self.ess_target = potential, lam, interval, tuple(window), ess_target
         self.ess_threshold, self.resampler, self.select = ess_threshold, get_resampler(resampler), select
+
+    def extra_rewards(self) -> list[Reward]:
+        return [self.potential_reward] if self.potential_reward is not None else []
 
     def _steps(self, problem: Problem) -> list[int]:
         interval = self.interval if self.interval is not None else max(1, round(problem.num_steps / 5))
@@ -128,7 +138,8 @@ class SMC(Method):
             for k in self._steps(problem):
                 x, x0 = run_steps(problem, x, done, k, cond, gens, bar)
                 done = k
-                r = score(problem, meter, trace, x0, idx)
+                r = score(problem, meter, trace, x0, idx, reward=self.potential_reward, noise_level=problem.adapter.noise_level(k - 1),
+                          verifier=self.potential_reward is not None)
                 phi = self._potential(r, state)
                 lam, binding = self._lambdas(logw, phi.view(P, N), N)
                 lam_last = lam

@@ -16,7 +16,8 @@ class BudgetExceeded(ValueError):
 
 @dataclass
 class Budget:
-    """Caps on compute: ``nfe`` (particle-steps, all prompts together) and ``reward_calls`` (images scored)."""
+    """Caps on compute: ``nfe`` (particle-steps, all prompts together) and ``reward_calls`` (images scored, by the
+    final reward and by verifiers together)."""
 
     nfe: int | None = None
     reward_calls: int | None = None
@@ -44,7 +45,14 @@ class Trace:
 
     ``steps`` holds one dict per step where the method looked at rewards: ``step``,
     ``rewards`` (per prompt, per particle), ``ess`` (per prompt), ``resampled`` (per prompt),
-    ``ancestors`` (per prompt, indices into that prompt's particles, or ``None``).
+    ``ancestors`` (per prompt, indices into that prompt's particles, or ``None``); pruning rows
+    hold ``alive``, ``kept`` (per prompt, indices among the candidates alive before the checkpoint)
+    and ``kept_particles`` (the same as original particle indices).
+
+    Compute: ``nfe`` (denoiser calls per particle row), ``reward_calls`` (images scored by the
+    call's reward), ``verifier_calls`` (images scored by a verifier or potential reward: pruning
+    checkpoints, noise-aware SMC potentials), ``nfe_saved`` (pruning: NFE not spent against
+    best-of-N with as many particles). A budget's ``reward_calls`` caps reward and verifier calls together.
     """
 
     method: str
@@ -58,9 +66,12 @@ class Trace:
     nfe: int = 0
     denoiser_rows: int = 0
     reward_calls: int = 0
+    verifier_calls: int = 0
     decodes: int = 0
     seconds: float = 0.0
     reward_seconds: float = 0.0
+    verifier_seconds: float = 0.0
+    nfe_saved: int = 0  # pruning: denoiser NFE not spent against best-of-N with the same particles
     peak_memory_bytes: int = 0
     nonfinite_rewards: int = 0
     sampler: str = ""  # what the steps used: the pipeline's scheduler, or the stated fallback
@@ -76,6 +87,8 @@ class Meter:
         self.adapter, self.budget = adapter, budget
         self.reward_calls = 0
         self.reward_seconds = 0.0
+        self.verifier_calls = 0
+        self.verifier_seconds = 0.0
         self.t0 = time.perf_counter()
         adapter.counters.reset()
         if adapter.device.type == "cuda":
@@ -85,7 +98,8 @@ class Meter:
         c = self.adapter.counters
         trace.nfe, trace.denoiser_rows, trace.decodes = c.nfe, c.denoiser_rows, c.decodes
         trace.reward_calls, trace.reward_seconds = self.reward_calls, round(self.reward_seconds, 4)
+        trace.verifier_calls, trace.verifier_seconds = self.verifier_calls, round(self.verifier_seconds, 4)
         trace.seconds = round(time.perf_counter() - self.t0, 4)
         trace.peak_memory_bytes = _peak_memory_bytes(self.adapter.device)
-        self.budget.check(trace.nfe, trace.reward_calls, "the call")
+        self.budget.check(trace.nfe, trace.reward_calls + trace.verifier_calls, "the call")
         return trace
