@@ -1,17 +1,22 @@
-"""How well does the reward of an intermediate x̂₀ predict the final image? (Why SMC helps, or not.)
+"""How well does a verifier's score of an intermediate x̂₀ predict the final image? (Why SMC and pruning help, or not.)
 
     python benchmarks/reward_lookahead.py --out results/reward_lookahead.json
 
-Runs N independent particles per prompt on the stochastic sampler SMC uses (SMC with
-``ess_threshold=0``, so it never resamples, scoring x̂₀ after every step), then, per step:
+Runs N independent trajectories per held-out prompt, decodes x̂₀ after every step and scores it
+with each verifier: ``plain`` (the shapes reward, blind to the noise level) and ``noise_aware``
+(the shipped noise-aware shapes reward of that model, told the level). Per step and verifier:
 
-* ``spearman_final``: within-prompt rank correlation of the step's reward with the final reward;
-* ``pairwise_correct``: over pairs of particles of one prompt where exactly one final image is
-  correct by the exact evaluator, how often the step's reward ranks the correct one higher
+* ``spearman_final``: within-prompt rank correlation of the step's score with the final
+  reward (the clean shapes reward of the trajectory's final image: what the noise-aware
+  reward was trained to predict);
+* ``pairwise_correct``: over pairs of trajectories of one prompt where exactly one final image
+  is correct by the exact evaluator, how often the step's score ranks the correct one higher
   (0.5 = chance; the final reward's value is what best-of-N selection gets).
 
-Resampling on a step's reward can only help as much as that step's reward separates particles
-that will end correct from those that will not.
+``--samplers``: ``stochastic`` is the transition SMC uses (the step noise of the adapter,
+as in earlier versions of this table); ``deterministic`` (eta=0) is what best-of-N and pruning use.
+The JSON's ``models[MODEL][VERIFIER]["steps"]`` holds the first sampler's table;
+``models[MODEL]["samplers"][SAMPLER][VERIFIER]["steps"]`` every sampler's.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-import steer
 from steer.eval.geneval import TASKS
-from steer.shapes import evaluate_image, load_flow_pipeline, load_pipeline, load_reward, to_uint8
+from steer.models.registry import get_adapter
+from steer.shapes import evaluate_image, load_flow_pipeline, load_noise_aware_reward, load_pipeline, load_reward, to_uint8
 from steer.shapes.prompts import make_prompt_set
 
 
@@ -39,6 +44,32 @@ def pairwise(scores: np.ndarray, correct: np.ndarray) -> tuple[float, int]:
     return float((d > 0).sum() + 0.5 * (d == 0).sum()), d.size
 
 
+@torch.no_grad()
+def run_chunk(adapter, prompts: list[str], n: int, steps: int, guidance: float, eta: float, seeds: list[int], verifiers: dict):
+    """Scores ``{verifier: (S-1, P, n)}`` of x̂₀ after each step, final rewards ``(P, n)`` and final images (uint8)."""
+    adapter.eta = eta
+    adapter.prepare(warn=False)
+    cond = adapter.encode(prompts, guidance_scale=guidance)
+    adapter.set_schedule(steps)
+    P = len(prompts)
+    idx = torch.arange(P).repeat_interleave(n)
+    c = cond.select(idx)
+    gens = [torch.Generator().manual_seed(seeds[p] * 1000 + k) for p in range(P) for k in range(n)]
+    x = adapter.initial_noise(gens)
+    texts = [prompts[i] for i in idx.tolist()]
+    scores = {name: [] for name in verifiers}
+    for i in range(adapter.num_steps):
+        out = adapter.step(x, i, c, gens)
+        x = out.prev_sample
+        if i + 1 < adapter.num_steps:
+            images = adapter.decode(out.pred_original_sample)
+            level = adapter.noise_level(i)
+            for name, v in verifiers.items():
+                scores[name].append(v(images, texts, noise_level=level).float().view(P, n).cpu().numpy())
+    final = adapter.decode(x)
+    return {k: np.stack(v) for k, v in scores.items()}, final
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["sd", "flow"], choices=["sd", "flow"])
@@ -47,6 +78,9 @@ def main(argv=None) -> dict:
     p.add_argument("--particles", type=int, default=8)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--samplers", nargs="+", default=["stochastic", "deterministic"], choices=["stochastic", "deterministic"])
+    p.add_argument("--verifiers", nargs="+", default=["plain", "noise_aware"], choices=["plain", "noise_aware"])
+    p.add_argument("--batch-prompts", type=int, default=8)
     p.add_argument("--threads", type=int)
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
@@ -58,36 +92,59 @@ def main(argv=None) -> dict:
     for model in a.models:
         pipe = load_pipeline() if model == "sd" else load_flow_pipeline()
         pipe.set_progress_bar_config(disable=True)
-        steered = steer.wrap(pipe, method="smc", reward=reward, ess_threshold=0.0, interval=1, lam=0.0)
-        n, per_step, final_pairs = a.particles, {}, [0.0, 0]
-        for start in range(0, len(records), 8):
-            chunk = records[start : start + 8]
-            out = steered([r["prompt"] for r in chunk], num_inference_steps=a.steps, guidance_scale=a.guidance, num_particles=n,
-                          generator=[torch.Generator().manual_seed(start + i) for i in range(len(chunk))], output_type="np", return_all=True)
-            imgs = to_uint8(out.images)
-            final = np.asarray(out.trace.final_rewards)
-            for i, rec in enumerate(chunk):
-                ok = np.array([evaluate_image(im, rec).correct for im in imgs[i * n : (i + 1) * n]])
-                w, c = pairwise(final[i], ok)
-                final_pairs[0] += w
-                final_pairs[1] += c
-                for row in out.trace.steps:
-                    r = np.asarray(row["rewards"][i])
-                    s = per_step.setdefault(row["step"], {"rho": [], "wins": 0.0, "pairs": 0})
-                    if np.ptp(r) > 0 and np.ptp(final[i]) > 0:
-                        s["rho"].append(spearmanr(r, final[i]).statistic)
-                    w, c = pairwise(r, ok)
-                    s["wins"] += w
-                    s["pairs"] += c
-        rows = [{"step": k, "noise_level": round(steered.adapter.noise_level(k - 1), 4), "spearman_final": float(np.mean(s["rho"])),
-                 "pairwise_correct": s["wins"] / max(s["pairs"], 1)} for k, s in sorted(per_step.items())]
-        final_pc = final_pairs[0] / max(final_pairs[1], 1)
-        result["models"][model] = {"steps": rows, "final_pairwise_correct": final_pc, "pairs": final_pairs[1]}
-        print(f"\n{model}: {len(records)} prompts ({len(TASKS)} tasks) × {n} particles; final reward pairwise_correct={final_pc:.3f} "
-              f"over {final_pairs[1]} pairs")
-        print(f"{'step':>5} {'noise':>7} {'spearman(final)':>16} {'pairwise_correct':>17}")
-        for r in rows:
-            print(f"{r['step']:>5} {r['noise_level']:>7.3f} {r['spearman_final']:>16.3f} {r['pairwise_correct']:>17.3f}")
+        adapter = get_adapter(pipe)
+        verifiers = {"plain": reward, "noise_aware": load_noise_aware_reward(model)}
+        verifiers = {k: v for k, v in verifiers.items() if k in a.verifiers}
+        for v in verifiers.values():
+            if hasattr(v, "check_compatible"):
+                v.check_compatible(adapter)
+        entry = result["models"].setdefault(model, {"samplers": {}})
+        n = a.particles
+        for sampler in a.samplers:
+            eta = 0.0 if sampler == "deterministic" else adapter.stochastic_eta
+            per = {name: {} for name in verifiers}
+            final_pairs = [0.0, 0]
+            levels = None
+            for start in range(0, len(records), a.batch_prompts):
+                chunk = records[start : start + a.batch_prompts]
+                scores, final_images = run_chunk(adapter, [r["prompt"] for r in chunk], n, a.steps, a.guidance, eta,
+                                                 list(range(start, start + len(chunk))), verifiers)
+                texts = [r["prompt"] for r in chunk for _ in range(n)]
+                with torch.no_grad():
+                    final = reward(final_images, texts).float().view(len(chunk), n).cpu().numpy()
+                imgs = to_uint8(final_images.permute(0, 2, 3, 1).cpu().numpy())
+                levels = [round(adapter.noise_level(i), 4) for i in range(a.steps - 1)]
+                for i, rec in enumerate(chunk):
+                    ok = np.array([evaluate_image(im, rec).correct for im in imgs[i * n : (i + 1) * n]])
+                    w, c = pairwise(final[i], ok)
+                    final_pairs[0] += w
+                    final_pairs[1] += c
+                    for name, sc in scores.items():
+                        for k in range(sc.shape[0]):
+                            s = per[name].setdefault(k + 1, {"rho": [], "wins": 0.0, "pairs": 0})
+                            r = sc[k, i]
+                            if np.ptp(r) > 0 and np.ptp(final[i]) > 0:
+                                s["rho"].append(spearmanr(r, final[i]).statistic)
+                            w, c = pairwise(r, ok)
+                            s["wins"] += w
+                            s["pairs"] += c
+            final_pc = final_pairs[0] / max(final_pairs[1], 1)
+            block = {}
+            for name, steps in per.items():
+                block[name] = {"steps": [{"step": k, "noise_level": levels[k - 1], "spearman_final": float(np.mean(s["rho"])) if s["rho"] else float("nan"),
+                                          "pairwise_correct": s["wins"] / max(s["pairs"], 1)} for k, s in sorted(steps.items())]}
+            block["final_pairwise_correct"], block["pairs"] = final_pc, final_pairs[1]
+            entry["samplers"][sampler] = block
+            if sampler == a.samplers[0]:
+                entry.update({name: block[name] for name in verifiers})
+                entry["final_pairwise_correct"], entry["pairs"], entry["sampler"] = final_pc, final_pairs[1], sampler
+            print(f"\n{model}, {sampler} sampler (eta={eta:g}): {len(records)} prompts ({len(TASKS)} tasks) × {n} trajectories; "
+                  f"final reward pairwise_correct={final_pc:.3f} over {final_pairs[1]} pairs")
+            names = list(verifiers)
+            print(f"{'step':>5} {'noise':>7} " + " ".join(f"{'rho ' + v:>17} {'pairs ' + v:>19}" for v in names))
+            for k in range(1, a.steps):
+                row = [next(s for s in block[v]["steps"] if s["step"] == k) for v in names]
+                print(f"{k:>5} {levels[k - 1]:>7.3f} " + " ".join(f"{r['spearman_final']:>17.3f} {r['pairwise_correct']:>19.3f}" for r in row))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2))

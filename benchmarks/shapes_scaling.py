@@ -20,7 +20,8 @@ import torch
 
 import steer
 from steer.eval.geneval import TASKS, summarize
-from steer.shapes import evaluate_image, load_flow_pipeline, load_pipeline, load_prompts, load_reward, to_uint8
+from steer.eval.scaling import area_ratio, fraction_to_oracle, interpolate, relative_area_gain
+from steer.shapes import evaluate_image, load_flow_pipeline, load_noise_aware_reward, load_pipeline, load_prompts, load_reward, to_uint8
 
 
 EVAL_SEED = 2026  # make_prompt_set seed of the shipped eval prompts; tuning uses other seeds
@@ -33,7 +34,7 @@ def judged_records(records: list[dict], seeds: int) -> list[dict]:
 
 def _generate(steered, records, seeds: int, steps: int, guidance: float, n: int, batch_prompts: int, seed_offset: int = 0, **opts):
     """Yield (record, images (k, H, W, 3) uint8, rewards (k,)) per prompt and seed, plus running NFE / reward calls."""
-    stats = {"nfe": 0, "reward_calls": 0}
+    stats = {"nfe": 0, "reward_calls": 0, "verifier_calls": 0}
 
     def gen():
         for s in range(seeds):
@@ -44,6 +45,7 @@ def _generate(steered, records, seeds: int, steps: int, guidance: float, n: int,
                               generator=gens, output_type="np", **opts)
                 stats["nfe"] += out.trace.nfe
                 stats["reward_calls"] += out.trace.reward_calls
+                stats["verifier_calls"] += getattr(out.trace, "verifier_calls", 0)
                 imgs = to_uint8(out.images)
                 k = len(imgs) // len(chunk)
                 for i, rec in enumerate(chunk):
@@ -84,7 +86,8 @@ def run_config(steered, records, seeds: int, steps: int, guidance: float, n: int
     seconds = round(time.perf_counter() - t0, 2)
     if keep is not None:
         keep.update(images=np.stack(images), rewards=np.array(rewards))
-    return {"nfe": stats["nfe"] / len(recs), "reward_calls": stats["reward_calls"] / len(recs), **judge_selected(recs, images),
+    return {"nfe": stats["nfe"] / len(recs), "reward_calls": stats["reward_calls"] / len(recs), "verifier_calls": stats["verifier_calls"] / len(recs),
+            **judge_selected(recs, images),
             "mean_reward": float(np.mean(rewards)), "seconds": seconds}
 
 
@@ -96,16 +99,32 @@ def judge_pool(records: list[dict], pool_images: np.ndarray, pool_rewards: np.nd
     pool = [(rec["tag"], ok[i], r) for i, (rec, r) in enumerate(zip(records, pool_rewards))]
     rows = []
     for n in ns:
-        per_prompt, best_rewards = [], []
+        per_prompt, best_rewards, any_ok = [], [], []
         for tag, ok, r in pool:
             groups = np.arange(big).reshape(-1, n)
             pick = groups[np.arange(len(groups)), r[groups].argmax(1)]
             per_prompt.append((tag, float(ok[pick].mean())))
+            any_ok.append((tag, float(ok[groups].any(1).mean())))
             best_rewards.append(float(r[pick].mean()))
-        s = summarize(per_prompt)
+        s, o = summarize(per_prompt), summarize(any_ok)
         rows.append({"accuracy": s["overall"], "tasks": s["tasks"], "mean_reward": float(np.mean(best_rewards)),
-                     "correct": [c for _, c in per_prompt]})
+                     "correct": [c for _, c in per_prompt],
+                     "oracle": {"accuracy": o["overall"], "tasks": o["tasks"], "correct": [c for _, c in any_ok]}})
     return rows
+
+
+def oracle_rows(bon_rows: list[dict]) -> list[dict]:
+    """The ceiling a perfect verifier would reach: per best-of-N row of a pool, the share of prompt × seed where any
+    of the N particles is correct (same NFE as best-of-N; no reward calls are needed to know it, but a verifier would)."""
+    out = []
+    for r in bon_rows:
+        if "oracle" not in r:
+            continue
+        o = r["oracle"]
+        out.append({"model": r["model"], "method": "oracle", "options": dict(r["options"]), "nfe": r["nfe"], "reward_calls": r["reward_calls"],
+                    "accuracy": o["accuracy"], "tasks": o["tasks"], "correct": o["correct"], "mean_reward": float("nan"),
+                    "seconds": r["seconds"], "estimate": r.get("estimate", "")})
+    return out
 
 
 def run_best_of_n_pool(steered, records, seeds: int, steps: int, guidance: float, ns: list[int], batch_prompts: int,
@@ -142,36 +161,99 @@ def comparisons(rows: list[dict]) -> list[dict]:
 
     out = []
     for r in rows:
-        if r["method"] == "best_of_n" or "correct" not in r:
+        if r["method"] in ("best_of_n", "oracle") or "correct" not in r:
             continue
         n = r["options"]["num_particles"]
-        for m in (2 * n, n):
+        refs = (8, 32) if r["method"].startswith("prune") else (2 * n, n)  # pruning's targets: best-of-8 and best-of-32
+        for m in refs:
             ref = next((b for b in rows if b["model"] == r["model"] and b["method"] == "best_of_n" and b["options"].get("eta") is None
                         and b["options"]["num_particles"] == m and "correct" in b), None)
             if ref is None:
                 continue
             d = paired_bootstrap(r["correct"], ref["correct"])
-            out.append({"model": r["model"], "method": r["method"], "particles": n, "versus": f"best_of_n N={m}", "diff": d["diff"],
+            out.append({"model": r["model"], "method": r["method"], "particles": n, "nfe": r.get("nfe"), "versus": f"best_of_n N={m}",
+                        "versus_nfe": ref.get("nfe"), "diff": d["diff"],
                         "low": d["low"], "high": d["high"], "pairs": d["n"],
                         "verdict": "tie" if d["low"] <= 0 <= d["high"] else ("better" if d["diff"] > 0 else "worse")})
     return out
 
 
+def analyse(rows: list[dict]) -> dict:
+    """Per model: each search row's fraction of the way from best-of-1 to the oracle at its NFE, each method's area
+    under accuracy-versus-NFE relative to best-of-N, and how far the best row is from the moonshot (best-of-32's
+    accuracy at ≤ 1/8 of its NFE)."""
+    out = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        bon = sorted((r["nfe"], r["accuracy"]) for r in mine if r["method"] == "best_of_n" and r["options"].get("eta") is None)
+        oracle = sorted((r["nfe"], r["accuracy"]) for r in mine if r["method"] == "oracle")
+        if not bon:
+            continue
+        base = bon[0][1]
+        entry = {"best_of_1": base, "rows": [], "area_vs_best_of_n": {}}
+        methods: dict[str, list] = {}
+        for r in mine:
+            if r["method"] in ("oracle",):
+                continue
+            frac = fraction_to_oracle(r["accuracy"], r["nfe"], base, oracle) if oracle else float("nan")
+            entry["rows"].append({"method": r["method"], "num_particles": r["options"]["num_particles"], "nfe": r["nfe"], "accuracy": r["accuracy"],
+                                  "best_of_n_at_nfe": interpolate(bon, r["nfe"]), "oracle_at_nfe": interpolate(oracle, r["nfe"]) if oracle else float("nan"),
+                                  "fraction_to_oracle": frac})
+            methods.setdefault(r["method"], []).append((r["nfe"], r["accuracy"]))
+        entry["area_vs_best_of_n"] = {m: area_ratio(pts, bon) for m, pts in methods.items()}
+        # TTSnap's metric: relative gain in area above best-of-N's smallest-budget score, linear NFE axis
+        bon_reward = sorted((r["nfe"], r["mean_reward"]) for r in mine if r["method"] == "best_of_n" and r["options"].get("eta") is None)
+        rewards: dict[str, list] = {}
+        for r in mine:
+            if r["method"] not in ("oracle", "best_of_n"):
+                rewards.setdefault(r["method"], []).append((r["nfe"], r.get("mean_reward", float("nan"))))
+        entry["ttsnap_relative_area"] = {m: {"reward": relative_area_gain(rewards[m], bon_reward), "accuracy": relative_area_gain(pts, bon)}
+                                         for m, pts in methods.items() if m != "best_of_n"}
+        b32 = next((r for r in mine if r["method"] == "best_of_n" and r["options"]["num_particles"] == 32 and r["options"].get("eta") is None), None)
+        if b32 is not None:
+            cheap = [r for r in mine if r["method"] not in ("oracle",) and r["nfe"] <= b32["nfe"] / 8 + 1e-9]
+            best = max(cheap, key=lambda r: r["accuracy"]) if cheap else None
+            entry["moonshot"] = {"target_accuracy": b32["accuracy"], "max_nfe": b32["nfe"] / 8,
+                                 "best": None if best is None else {"method": best["method"], "num_particles": best["options"]["num_particles"],
+                                                                    "nfe": best["nfe"], "accuracy": best["accuracy"], "gap": b32["accuracy"] - best["accuracy"]}}
+        out[model] = entry
+    return out
+
+
+def report(result: dict) -> None:
+    """Print the comparisons and the analysis."""
+    for c in result.get("comparisons", []):
+        print(f"{c['model']:5s} {c['method']:24s} N={c['particles']} vs {c['versus']:15s}: {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] {c['verdict']}")
+    for model, e in result.get("analysis", {}).items():
+        print(f"\n{model}: fraction of the way from best-of-1 ({e['best_of_1']:.3f}) to the oracle at the same NFE")
+        for r in e["rows"]:
+            print(f"  {r['method']:24s} N={r['num_particles']:<3d} nfe={r['nfe']:6.1f} acc={r['accuracy']:.3f} oracle={r['oracle_at_nfe']:.3f} "
+                  f"fraction={r['fraction_to_oracle']:.2f}")
+        print("  area under accuracy-vs-log2(NFE) relative to best-of-N: " + ", ".join(f"{m} {v:.3f}" for m, v in e["area_vs_best_of_n"].items()))
+        print("  TTSnap relative area gain over best-of-N (reward; accuracy): " + ", ".join(
+            f"{m} {v['reward']:+.1%}; {v['accuracy']:+.1%}" for m, v in e.get("ttsnap_relative_area", {}).items()))
+        if e.get("moonshot"):
+            m = e["moonshot"]
+            b = m["best"]
+            print(f"  moonshot: best-of-32's {m['target_accuracy']:.3f} at <= {m['max_nfe']:.0f} NFE; best there: "
+                  + ("none" if b is None else f"{b['method']} N={b['num_particles']} {b['accuracy']:.3f} (gap {b['gap']:+.3f})"))
+
+
 def _print(row: dict) -> None:
     n = row["options"]["num_particles"]
-    print(f"{row['model']:5s} {row['method']:13s} N={n:<3d} nfe/img={row['nfe']:7.1f} reward_calls/img={row['reward_calls']:6.1f} "
+    print(f"{row['model']:5s} {row['method']:24s} N={n:<3d} nfe/img={row['nfe']:7.1f} reward_calls/img={row['reward_calls']:6.1f} "
           f"acc={row['accuracy']:.3f} reward={row['mean_reward']:.2f} {row['seconds']:.0f}s", flush=True)
 
 
 def markdown(rows: list[dict]) -> str:
     """The rows as a Markdown table (per-task accuracy included)."""
-    head = "| model | method | N | NFE/img | reward calls/img | " + " | ".join(TASKS) + " | accuracy | mean reward | seconds |"
+    head = "| model | method | N | NFE/img | reward calls/img | verifier calls/img | " + " | ".join(TASKS) + " | accuracy | mean reward | seconds |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         o = r["options"]
         name = r["method"] + (f" (eta={o['eta']:g})" if o.get("eta") is not None else "")
         tasks = " | ".join(f"{r['tasks'].get(t, float('nan')):.3f}" for t in TASKS)
-        lines.append(f"| {r['model']} | {name} | {o['num_particles']} | {r['nfe']:.0f} | {r['reward_calls']:.0f} | {tasks} | "
+        lines.append(f"| {r['model']} | {name} | {o['num_particles']} | {r['nfe']:.0f} | {r['reward_calls']:.0f} | {r.get('verifier_calls', 0):.0f} | {tasks} | "
                      f"**{r['accuracy']:.3f}** | {r['mean_reward']:.2f} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -206,6 +288,12 @@ def merge(results: list[dict]) -> dict:
         return results[0]
     models = [{r["model"] for r in res["rows"]} for res in results]
     if sum(len(m) for m in models) == len(set().union(*models)):
+        return {"config": {"merged": [r["config"] for r in results]}, "rows": [row for res in results for row in res["rows"]]}
+    keys = [{(r["model"], r["method"], json.dumps(r["options"], sort_keys=True)) for r in res["rows"]} for res in results]
+    same = ("limit", "offset", "seeds", "steps", "guidance", "prompts")
+    cfgs = [{k: c.get(k) for k in same} for res in results for c in res["config"].get("merged", [res["config"]])]
+    if sum(len(k) for k in keys) == len(set().union(*keys)) and all(c == cfgs[0] for c in cfgs):
+        # different rows on the same prompts and seeds (e.g. new methods added to a study): side by side
         return {"config": {"merged": [r["config"] for r in results]}, "rows": [row for res in results for row in res["rows"]]}
     groups: dict[tuple, list[tuple[float, dict]]] = {}
     for res in results:
@@ -266,9 +354,15 @@ def main(argv=None) -> dict:
     p.add_argument("--offset", type=int, default=0, help="skip this many prompts per task (to split a study into slices)")
     p.add_argument("--merge", type=Path, nargs="+", help="combine the JSON results of runs on disjoint slices into --out/--plot")
     p.add_argument("--models", nargs="+", default=["sd", "flow"], choices=["sd", "flow"])
-    p.add_argument("--bon", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="best-of-N particle counts")
+    p.add_argument("--bon", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32], help="best-of-N particle counts (none: skip; the oracle rows come from this pool)")
     p.add_argument("--bon-eta", type=float, help="step noise of the best-of-N particles (default 0: the deterministic sampler)")
     p.add_argument("--smc", type=int, nargs="*", default=[4, 8], help="SMC and Fleming-Viot particle counts (none: best-of-N only)")
+    p.add_argument("--smc-noise-aware", type=int, nargs="*", default=[4, 8],
+                   help="SMC and Fleming-Viot particle counts with the noise-aware reward as potential (none: skip)")
+    p.add_argument("--prune", type=int, nargs="*", default=[8, 16, 32], help="pruning candidate counts (none: skip)")
+    p.add_argument("--prune-schedule", type=json.loads, help="JSON list of [step, keep_fraction] (default: the method's)")
+    p.add_argument("--verifiers", nargs="+", default=["plain", "noise_aware"], choices=["plain", "noise_aware"],
+                   help="pruning verifiers: plain (the shapes reward on x̂₀) and noise_aware (the shipped noise-aware reward)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
@@ -295,8 +389,8 @@ def main(argv=None) -> dict:
             result = merge([json.loads(f.read_text()) for f in a.merge])
         print(markdown(result["rows"]))
         result["comparisons"] = comparisons(result["rows"])
-        for c in result["comparisons"]:
-            print(f"{c['model']:5s} {c['method']:13s} N={c['particles']} vs {c['versus']:15s}: {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] {c['verdict']}")
+        result["analysis"] = analyse(result["rows"])
+        report(result)
         if a.out:
             a.out.parent.mkdir(parents=True, exist_ok=True)
             a.out.write_text(json.dumps(result, indent=2))
@@ -317,28 +411,46 @@ def main(argv=None) -> dict:
             steered = steer.wrap(pipe, method="best_of_n", reward=reward)
             bon_opts = {"eta": a.bon_eta} if a.bon_eta is not None else {}
             keep: dict = {}
-            for n, row in zip(a.bon, run_best_of_n_pool(steered, records, a.seeds, a.steps, a.guidance, a.bon, a.batch_prompts, seed0, keep=keep, **bon_opts)):
+            pool = run_best_of_n_pool(steered, records, a.seeds, a.steps, a.guidance, a.bon, a.batch_prompts, seed0, keep=keep, **bon_opts) if a.bon else []
+            for n, row in zip(a.bon, pool):
                 rows.append({"model": model, "method": "best_of_n", "options": {"num_particles": n, **bon_opts}, **row})
                 _print(rows[-1])
-            if a.images:
-                save_images(a.images, rows[-1], judged_records(records, a.seeds), keep)
+            rows += oracle_rows(rows[len(rows) - len(pool):])
+            if a.images and pool:
+                save_images(a.images, rows[-1 - len(pool)], judged_records(records, a.seeds), keep)
             configs = []
         else:
             configs = [("best_of_n", n, {"eta": a.bon_eta} if a.bon_eta is not None else {}) for n in a.bon]
         search = {"lam": a.lam, "interval": a.interval, **({"eta": a.eta} if a.eta is not None else {})}
         configs += [("smc", n, {"potential": a.potential, **search}) for n in a.smc]
         configs += [("fleming_viot", n, dict(search)) for n in a.smc]
+        noise_aware = load_noise_aware_reward(model) if (a.smc_noise_aware or (a.prune and "noise_aware" in a.verifiers)) else None
+        # noise-aware potentials: λ chosen by the ESS target (lam="auto"), as the reward's units differ in spread
+        configs += [("smc_noise_aware", n, {"potential": a.potential, "interval": a.interval, "lam": "auto"}) for n in a.smc_noise_aware]
+        configs += [("fleming_viot_noise_aware", n, {"interval": a.interval, "lam": "auto"}) for n in a.smc_noise_aware]
+        schedule = {"schedule": a.prune_schedule} if a.prune_schedule else {}
+        for verifier in a.verifiers:
+            configs += [("prune" if verifier == "plain" else "prune_noise_aware", n, dict(schedule)) for n in a.prune]
         for method, n, opts in configs:
-            steered = steer.wrap(pipe, method=method, reward=reward)
+            base = method.replace("_noise_aware", "")
+            call_opts = dict(opts)
+            if method in ("smc_noise_aware", "fleming_viot_noise_aware"):
+                call_opts["potential_reward"] = noise_aware
+            elif method == "prune_noise_aware":
+                call_opts["verifier"] = noise_aware
+            steered = steer.wrap(pipe, method=base, reward=reward)
             row = {"model": model, "method": method, "options": {"num_particles": n, **opts}}
             keep = {}
-            row.update(run_config(steered, records, a.seeds, a.steps, a.guidance, n, a.batch_prompts, seed0, keep=keep, **opts))
+            row.update(run_config(steered, records, a.seeds, a.steps, a.guidance, n, a.batch_prompts, seed0, keep=keep, **call_opts))
             rows.append(row)
             _print(row)
             if a.images:
                 save_images(a.images, row, judged_records(records, a.seeds), keep)
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "rows": rows}
+    result["comparisons"] = comparisons(rows)
+    result["analysis"] = analyse(rows)
     print(markdown(rows))
+    report(result)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2))

@@ -77,3 +77,39 @@ def test_comparisons_pair_resampling_rows_with_best_of_n_at_equal_and_double_par
     assert out["best_of_n N=8"]["diff"] == pytest.approx(-0.5) and out["best_of_n N=8"]["verdict"] == "worse"
     assert out["best_of_n N=4"]["diff"] == 0.0 and out["best_of_n N=4"]["verdict"] == "tie"
     assert out["best_of_n N=8"]["pairs"] == 100 and out["best_of_n N=8"]["particles"] == 4
+
+
+def test_best_of_n_pool_reports_the_oracle_and_analysis_reads_it():
+    rewards = [1.0, 2.0, 9.0, 3.0, 5.0, 4.0, 0.0, 6.0]  # even particles correct
+    rows = shapes_scaling.run_best_of_n_pool(FakeSteered(rewards), [RECORD] * 2, seeds=1, steps=5, guidance=1.0, ns=[1, 2, 8], batch_prompts=2)
+    assert [r["oracle"]["accuracy"] for r in rows] == pytest.approx([0.5, 1.0, 1.0])  # any correct in a group of 2 or 8
+    full = [{"model": "sd", "method": "best_of_n", "options": {"num_particles": n}, **r} for n, r in zip([1, 2, 8], rows)]
+    oracle = shapes_scaling.oracle_rows(full)
+    assert [o["method"] for o in oracle] == ["oracle"] * 3 and [o["nfe"] for o in oracle] == [5, 10, 40]
+    smc = {"model": "sd", "method": "smc", "options": {"num_particles": 2}, "nfe": 10.0, "accuracy": 0.75, "correct": [1, 0.5]}
+    a = shapes_scaling.analyse(full + oracle + [smc])["sd"]
+    row = next(r for r in a["rows"] if r["method"] == "smc")
+    assert row["fraction_to_oracle"] == pytest.approx((0.75 - 0.5) / (1.0 - 0.5))
+    assert a["area_vs_best_of_n"]["smc"] == pytest.approx(0.75 / 0.5)
+
+
+def test_scaling_curve_summaries():
+    from steer.eval.scaling import area_ratio, fraction_to_oracle, interpolate
+
+    bon = [(25, 0.4), (50, 0.5), (100, 0.6), (200, 0.7)]
+    assert interpolate(bon, 70.71067811865476) == pytest.approx(0.55)  # halfway on the log axis
+    assert np.isnan(interpolate(bon, 400))
+    assert area_ratio(bon, bon) == pytest.approx(1.0)
+    assert area_ratio([(50, 0.6), (100, 0.7)], bon) == pytest.approx(1.3 / 1.1)
+    assert fraction_to_oracle(0.55, 50, 0.4, [(25, 0.5), (50, 0.7)]) == pytest.approx(0.5)
+    assert fraction_to_oracle(0.7, 50, 0.4, [(25, 0.5), (50, 0.7)]) == pytest.approx(1.0)
+
+
+def test_ttsnap_relative_area_gain():
+    from steer.eval.scaling import relative_area_gain
+
+    bon = [(100, 1.0), (200, 2.0), (300, 3.0)]
+    assert relative_area_gain(bon, bon) == pytest.approx(0.0)
+    # y0 = 1 at B=100; best-of-N area above y0 on [100, 300] = 2; a curve 1 higher everywhere adds 2 → +100 %
+    assert relative_area_gain([(100, 2.0), (300, 4.0)], bon) == pytest.approx(1.0)
+    assert np.isnan(relative_area_gain([(100, 2.0)], bon))
