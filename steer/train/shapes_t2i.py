@@ -196,14 +196,48 @@ def sample_sigma(kind: str, batch: int, gen: torch.Generator | None = None, devi
     return sigma
 
 
+def grow_transformer(transformer, extra_layers: int):
+    """An SD3 transformer with ``extra_layers`` more joint blocks that computes exactly what ``transformer`` does.
+
+    The new blocks go before the last (context-pre-only) block, with their AdaLN-Zero modulation
+    zeroed so every gate is 0 and each new block starts as the identity on both streams; training
+    then grows them (more capacity, continued from the trained weights).
+    """
+    from diffusers import SD3Transformer2DModel
+
+    cfg = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
+    n = cfg["num_layers"]
+    cfg["num_layers"] = n + extra_layers
+    torch.manual_seed(3)
+    grown = SD3Transformer2DModel(**cfg)
+    old = transformer.state_dict()
+    new = grown.state_dict()
+    remap = {i: i for i in range(n - 1)} | {n - 1: n - 1 + extra_layers}
+    for key, value in old.items():
+        if key.startswith("transformer_blocks."):
+            i = int(key.split(".")[1])
+            key = key.replace(f"transformer_blocks.{i}.", f"transformer_blocks.{remap[i]}.", 1)
+        new[key] = value
+    grown.load_state_dict(new)
+    with torch.no_grad():
+        for i in range(n - 1, n - 1 + extra_layers):
+            block = grown.transformer_blocks[i]
+            for norm in (block.norm1, block.norm1_context):
+                norm.linear.weight.zero_()
+                norm.linear.bias.zero_()
+    return grown
+
+
 def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr: float, device: str, save_every: int, cfg_drop: float = 0.1,
-                   init: Path | None = None, lr_schedule: str = "constant", sigma_sampling: str = "logit_normal") -> None:
+                   init: Path | None = None, lr_schedule: str = "constant", sigma_sampling: str = "logit_normal",
+                   grow_layers: int = 0) -> None:
     """Train the ``sd`` (UNet, epsilon, DDIM) or ``flow`` (SD3 transformer, rectified flow) model.
 
     ``init``: an exported pipeline folder (e.g. the shipped weights) to continue from instead of
     random weights; its VAE is used when the run has none. ``steps`` then counts the new steps.
     ``lr_schedule``: ``constant`` after warm-up (the first shipped models) or ``cosine`` decay to
-    10 %; ``sigma_sampling`` (flow only): see :func:`sample_sigma`.
+    10 %; ``sigma_sampling`` (flow only): see :func:`sample_sigma`; ``grow_layers`` (flow, with
+    ``init``): add that many identity-initialised joint blocks (:func:`grow_transformer`).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, UNet2DConditionModel
 
@@ -227,6 +261,12 @@ def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr:
         sched = FlowMatchEulerDiscreteScheduler(**_cfg("flow_scheduler"))
     if init is not None:
         encoders, denoiser = _from_pipeline(kind, init, encoders, denoiser)
+        if grow_layers:
+            if kind != "flow":
+                raise ValueError("--grow-layers applies to the flow stage")
+            denoiser = grow_transformer(denoiser, grow_layers)
+    elif grow_layers:
+        raise ValueError("--grow-layers needs --init (it grows a trained model)")
     if kind == "flow":
         denoiser.set_attn_processor(CollapsedPaddingJointAttnProcessor(SD3_MAX_SEQUENCE_LENGTH))
     modules = torch.nn.ModuleList([denoiser, *encoders]).to(device)
@@ -293,6 +333,7 @@ def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr:
     meta = {"steps": steps, "batch": batch, "lr": lr, "lr_schedule": lr_schedule, "seconds": round(time.time() - t0, 1), "hardware": _hardware()}
     if kind == "flow":
         meta["sigma_sampling"] = sigma_sampling
+        meta["grow_layers"] = grow_layers
     if init is not None:
         meta["init"] = str(init)
         for previous in (init / "training.json", init.parent / "meta.json"):  # an exported folder, or a run's final/
@@ -348,6 +389,7 @@ def main(argv=None) -> None:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant", help="after the 200-step warm-up")
     p.add_argument("--sigma-sampling", choices=["logit_normal", "mixed"], default="logit_normal", help="flow noise levels (see sample_sigma)")
+    p.add_argument("--grow-layers", type=int, default=0, help="flow with --init: add this many identity-initialised transformer blocks")
     p.add_argument("--init", type=Path, help="continue from an exported pipeline folder (e.g. steer/shapes/weights/flow) instead of random weights")
     a = p.parse_args(argv)
     if a.threads:
@@ -366,7 +408,7 @@ def main(argv=None) -> None:
             p.error(f"--init {a.init}: not an exported pipeline folder (no model_index.json)")
         steps = {"sd": 3000, "flow": 5000}[a.stage] if a.steps is None else a.steps
         train_denoiser(a.stage, a.run, data, steps, a.batch, 5e-4 if a.lr is None else a.lr, a.device, a.save_every, init=a.init,
-                       lr_schedule=a.lr_schedule, sigma_sampling=a.sigma_sampling)
+                       lr_schedule=a.lr_schedule, sigma_sampling=a.sigma_sampling, grow_layers=a.grow_layers)
 
 
 if __name__ == "__main__":
