@@ -330,6 +330,8 @@ def rejudge(result: dict, folder: Path, jobs: int = 1) -> dict:
     """The rows of an earlier run judged again by today's evaluator, from its saved images (compute figures kept)."""
     rows, pools = [], {}
     for row in result["rows"]:
+        if row["method"] == "oracle":
+            continue
         f = _image_file(folder, row)
         if not f.exists():
             raise FileNotFoundError(f"{f} not found: rerun the study with --images {folder}")
@@ -344,6 +346,8 @@ def rejudge(result: dict, folder: Path, jobs: int = 1) -> dict:
             judged = {**judge_selected(records, data["images"], jobs), "mean_reward": float(np.mean(data["rewards"]))}
         rows.append({**row, **judged})
         _print(rows[-1])
+    rows = [r for r in rows if r["method"] != "oracle"]
+    rows += oracle_rows([r for r in rows if r["method"] == "best_of_n"])
     return {"config": {**result["config"], "rejudged": True}, "rows": rows}
 
 

@@ -140,6 +140,7 @@ def test_untrained_student_is_its_base_and_reads_the_level(oc_dir, tmp_path):
     base = get_reward("clip", model=str(oc_dir), pretrained=None)
     assert torch.allclose(student(x, PROMPTS[:1] * 3, noise_level=0.7), base(x, PROMPTS[:1] * 3), atol=1e-4)
     torch.nn.init.normal_(student.level_tokens.fc2.weight)
+    torch.nn.init.constant_(student.level_head.fc2.bias, 0.5)  # the trained branch now counts
     a, b = student(x, PROMPTS[:1] * 3, noise_level=0.0), student(x, PROMPTS[:1] * 3, noise_level=0.9)
     assert not torch.allclose(a, b)
     student.save_pretrained(tmp_path / "na")

@@ -10,11 +10,13 @@ Design (noise-level conditioning):
   vision tower's width, added to every image token just before the tower's first layer norm
   (open_clip ``visual.ln_pre``; transformers ``vision_model.pre_layrnorm``), so every layer
   sees the noise level;
-* **calibrated head**: the base score ``s`` is standardised with the student's clean-image
-  statistics, then an affine map that depends on σ (``(1 + γ(σ))·z + β(σ)``) gives a
-  standardised prediction, reported in the teacher's units (``μ_T + σ_T·ẑ``). At high noise the
-  final reward is uncertain, and the regression target's optimum shrinks towards the mean:
-  that is what γ(σ) learns.
+* **gated two-branch head**: a frozen copy of the base reward and the trained, level-conditioned
+  copy both score the image; their scores, standardised with the base's clean-image statistics
+  (``z_f``, ``z_t``), are mixed by weights that depend on σ:
+  ``ẑ = (1 + a(σ))·z_f + b(σ)·z_t + c(σ)``, reported in the teacher's units (``μ_T + σ_T·ẑ``).
+  Near σ = 0 the student can keep the clean reward exactly (the frozen branch), and where the
+  clean reward fails (high noise) the trained branch takes over; at high noise the final reward
+  is uncertain and the regression optimum shrinks towards the mean, which the weights learn.
 
 Both MLPs' last layers start at zero, so an untrained student is exactly its base reward
 rescaled to the teacher's units. The folder written by :meth:`NoiseAwareReward.save_pretrained`
@@ -126,9 +128,12 @@ class NoiseAwareReward(Reward):
                  student_stats: tuple[float, float] = (0.0, 1.0), trained_for: dict | None = None, teacher: str = "",
                  feature_dim: int = 32, hidden: int = 128, info: dict | None = None):
         super().__init__()
+        import copy
+
         entry, width = _vision_entry(base)
         self.base = base
         self.base.requires_grad_(False)
+        self.frozen = copy.deepcopy(base)  # the clean reward, never trained, without level input
         self.base_spec = dict(base_spec or {})
         self.teacher = teacher
         self.trained_for = dict(trained_for or {})
@@ -138,7 +143,7 @@ class NoiseAwareReward(Reward):
         self.name = f"noise_aware({teacher or getattr(base, 'name', 'reward')})"
         self.feature_dim = feature_dim
         self.level_tokens = _MLP(feature_dim, hidden, width)
-        self.level_head = _MLP(feature_dim, hidden, 2)
+        self.level_head = _MLP(feature_dim, hidden, 3)
         self.register_buffer("teacher_stats", torch.tensor(teacher_stats, dtype=torch.float32))
         self.register_buffer("student_stats", torch.tensor(student_stats, dtype=torch.float32))
         self._level_vec: torch.Tensor | None = None
@@ -179,9 +184,12 @@ class NoiseAwareReward(Reward):
             raw = self.base.score(images, prompts).float()
         finally:
             self._level_vec = None
-        z = (raw - self.student_stats[0]) / self.student_stats[1]
-        g, b = self.level_head(feats).unbind(-1)
-        return (1 + g) * z + b
+        with torch.no_grad():
+            fixed = self.frozen.score(images, prompts).float()
+        z_t = (raw - self.student_stats[0]) / self.student_stats[1]
+        z_f = (fixed - self.student_stats[0]) / self.student_stats[1]
+        a, b, c = self.level_head(feats).unbind(-1)
+        return (1 + a) * z_f + b * z_t + c
 
     def score(self, images: torch.Tensor, prompts: Sequence[str], noise_level=None) -> torch.Tensor:
         z = self.standardized(images, prompts, noise_level)

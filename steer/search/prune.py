@@ -76,6 +76,9 @@ class Prune(Method):
     that share of each prompt's surviving candidates; default :data:`DEFAULT_SCHEDULE`),
     ``verifier`` (a :class:`~steer.rewards.Reward` or registered name scoring x̂₀ at the
     checkpoints; noise-aware rewards get the noise level; default: the call's reward).
+
+    With ``return_all=True`` a call returns ``N`` rows per prompt: the survivors first, then the
+    pruned candidates as black images with reward ``-inf`` (they were never finished).
     """
 
     name = "prune"

@@ -59,10 +59,10 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     stages: int = 4
-    stage_steps: int = 600
-    clean_steps: int = 200
+    stage_steps: int = 500
+    clean_steps: int = 100
     batch_prompts: int = 16
-    lr: float = 1e-4
+    lr: float = 5e-5
     head_lr: float = 1e-3
     rank_weight: float = 0.5
     weight_decay: float = 0.01
@@ -410,10 +410,10 @@ def main(argv=None) -> None:
     p.add_argument("--keep-steps", type=int, nargs="+", help="steps whose x̂₀ are kept (default: 1-6, 8, 10, 12, 15, 18, 21)")
     p.add_argument("--eta", choices=["deterministic", "stochastic", "both"], default="both")
     p.add_argument("--stages", type=int, default=4, help="curriculum stages after the clean one")
-    p.add_argument("--stage-steps", type=int, default=600)
-    p.add_argument("--clean-steps", type=int, default=200)
+    p.add_argument("--stage-steps", type=int, default=500)
+    p.add_argument("--clean-steps", type=int, default=100)
     p.add_argument("--batch-prompts", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate of the vision tower")
+    p.add_argument("--lr", type=float, default=5e-5, help="learning rate of the trained vision tower")
     p.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the noise-level modules")
     p.add_argument("--rank-weight", type=float, default=0.5)
     p.add_argument("--tune-base", choices=["vision", "none"], default="vision")
