@@ -429,12 +429,13 @@ def main(argv=None) -> dict:
         configs += [("smc", n, {"potential": a.potential, **search}) for n in a.smc]
         configs += [("fleming_viot", n, dict(search)) for n in a.smc]
         noise_aware = load_noise_aware_reward(model) if (a.smc_noise_aware or (a.prune and "noise_aware" in a.verifiers)) else None
-        # noise-aware potentials: λ chosen by the ESS target (lam="auto"), as the reward's units differ in spread
-        configs += [("smc_noise_aware", n, {"potential": a.potential, "interval": a.interval, "lam": "auto"}) for n in a.smc_noise_aware]
-        configs += [("fleming_viot_noise_aware", n, {"interval": a.interval, "lam": "auto"}) for n in a.smc_noise_aware]
         schedule = {"schedule": a.prune_schedule} if a.prune_schedule else {}
         for verifier in a.verifiers:
             configs += [("prune" if verifier == "plain" else "prune_noise_aware", n, dict(schedule)) for n in a.prune]
+        # noise-aware potentials: λ chosen by the ESS target (lam="auto"), as the reward's units differ in spread
+        for n in a.smc_noise_aware:
+            configs += [("smc_noise_aware", n, {"potential": a.potential, "interval": a.interval, "lam": "auto"}),
+                        ("fleming_viot_noise_aware", n, {"interval": a.interval, "lam": "auto"})]
         for method, n, opts in configs:
             base = method.replace("_noise_aware", "")
             call_opts = dict(opts)
@@ -448,6 +449,12 @@ def main(argv=None) -> dict:
             row.update(run_config(steered, records, a.seeds, a.steps, a.guidance, n, a.batch_prompts, seed0, keep=keep, **call_opts))
             rows.append(row)
             _print(row)
+            if a.out:  # a partial result after every row, so a stopped run keeps what it measured
+                a.out.parent.mkdir(parents=True, exist_ok=True)
+                partial = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "rows": rows, "partial": True}
+                tmp = a.out.with_suffix(".tmp")
+                tmp.write_text(json.dumps(partial, indent=2))
+                tmp.replace(a.out)
             if a.images:
                 save_images(a.images, row, judged_records(records, a.seeds), keep)
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "rows": rows}

@@ -231,3 +231,17 @@ def test_killed_training_resumes_to_the_same_result(dataset, oc_dir, tmp_path):
     assert (a / "final" / "noise_aware_config.json").exists() and (a / "report.json").exists()
     loaded = get_reward(f"noise_aware:{a / 'final'}")
     assert loaded.trained_for == full.trained_for and loaded.info["steps"] == 15
+
+
+def test_shipped_verifiers_fit_their_own_model_only():
+    from steer.models.registry import get_adapter
+    from steer.shapes import load_flow_pipeline, load_noise_aware_reward, load_pipeline
+
+    adapters = {"sd": get_adapter(load_pipeline()), "flow": get_adapter(load_flow_pipeline())}
+    for model, other in (("sd", "flow"), ("flow", "sd")):
+        v = get_reward(f"shapes_noise_aware_{model}")
+        assert v.noise_aware and v.name == f"shapes_noise_aware_{model}"
+        v.check_compatible(adapters[model])
+        with pytest.raises(VerifierMismatch):
+            v.check_compatible(adapters[other])
+        assert load_noise_aware_reward(model).info["prompts"] == 384  # make_prompt_set(per_task=64, seed=99)

@@ -235,8 +235,11 @@ class NoiseAwareReward(Reward):
         return {
             "base": self.base_spec, "teacher": self.teacher, "teacher_stats": self.teacher_stats.tolist(),
             "student_stats": self.student_stats.tolist(), "trained_for": self.trained_for, "feature_dim": self.feature_dim,
-            "hidden": self.level_head.fc1.out_features, "info": self.info,
+            "hidden": self.level_head.fc1.out_features, "info": self.info, "frozen_checksum": self._frozen_checksum(),
         }
+
+    def _frozen_checksum(self) -> float:
+        return round(float(sum(p.detach().double().abs().sum() for p in self.frozen.parameters())), 3)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write config and weights into ``folder`` (each file atomically)."""
@@ -244,7 +247,8 @@ class NoiseAwareReward(Reward):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        # the frozen branch is the base reward's own weights, rebuilt from the registry at load: not stored
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("frozen.")}
         tmp = folder / (WEIGHTS_NAME + ".tmp")
         save_file(state, str(tmp))
         tmp.replace(folder / WEIGHTS_NAME)
@@ -270,5 +274,11 @@ class NoiseAwareReward(Reward):
         reward = cls(base, spec, tuple(cfg["teacher_stats"]), tuple(cfg["student_stats"]), cfg.get("trained_for"), cfg.get("teacher", ""),
                      feature_dim=cfg.get("feature_dim", 32), hidden=cfg.get("hidden", 128), info=cfg.get("info"))
         state = load_file(str(folder / WEIGHTS_NAME), device=str(torch.device(device)))
-        reward.load_state_dict(state)
+        missing, unexpected = reward.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("frozen.") for k in missing):
+            raise ValueError(f"{folder}: weights do not fit the noise-aware reward (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        want = cfg.get("frozen_checksum")
+        if want is not None and abs(reward._frozen_checksum() - want) > 1e-3 * max(1.0, abs(want)):
+            raise ValueError(f"{folder}: the base reward {spec['name']!r} loaded with other weights than the verifier was trained "
+                             "against (its frozen branch is the base's own weights); load the same base checkpoint")
         return reward.to(device).eval()

@@ -24,7 +24,8 @@ from ..rewards.base import Reward
 from .base import Method, Problem, check_reward_option, init_particles, progress, reorder, reward_label, run_steps, score
 from .trace import BudgetExceeded
 
-#: default schedule, chosen on held-out shapes prompts (benchmarks/shapes_tune_prune.py)
+#: default schedule, chosen on held-out shapes prompts with the noise-aware verifier
+#: (benchmarks/shapes_tune.py, results/shapes_tune_prune_sd.json; see the README)
 DEFAULT_SCHEDULE: tuple[tuple[int, float], ...] = ((3, 0.25), (8, 0.5))
 
 
