@@ -245,3 +245,14 @@ def test_shipped_verifiers_fit_their_own_model_only():
         with pytest.raises(VerifierMismatch):
             v.check_compatible(adapters[other])
         assert load_noise_aware_reward(model).info["prompts"] == 384  # make_prompt_set(per_task=64, seed=99)
+
+
+def test_default_schedule_scales_with_the_number_of_steps():
+    from steer.search.prune import DEFAULT_SCHEDULE, resolve_schedule
+
+    assert resolve_schedule(DEFAULT_SCHEDULE, 25) == ((4, 0.125),)
+    assert resolve_schedule(DEFAULT_SCHEDULE, 4) == ((1, 0.125),)
+    assert resolve_schedule(((0.1, 0.5), (0.12, 0.5)), 10) == ((1, 0.5), (2, 0.5))  # kept strictly increasing
+    with pytest.raises(ValueError, match="all as fractions"):
+        check_schedule([(0.2, 0.5), (8, 0.5)])
+    assert prune_plan(8, 25, DEFAULT_SCHEDULE) == (8 * 4 + 1 * 21, 8, 1, [1])

@@ -26,20 +26,25 @@ from .trace import BudgetExceeded
 
 #: default schedule, chosen on held-out shapes prompts with the noise-aware verifier
 #: (benchmarks/shapes_tune.py, results/shapes_tune_prune_sd.json; see the README)
-DEFAULT_SCHEDULE: tuple[tuple[int, float], ...] = ((3, 0.25), (8, 0.5))
+#: (a step below 1 is a fraction of the steps: 0.16 is step 4 of 25, step 1 of a 4-step sampler)
+DEFAULT_SCHEDULE: tuple[tuple[float, float], ...] = ((0.16, 0.125),)
 
 
 def check_schedule(schedule) -> tuple[tuple[int, float], ...]:
-    """A pruning schedule as ``((step, keep), ...)`` with increasing steps ≥ 1 and keep fractions in (0, 1]."""
+    """A pruning schedule as ``((step, keep), ...)``: strictly increasing step numbers ≥ 1 (or fractions of the
+    steps, all in (0, 1)) and keep fractions in (0, 1]."""
     try:
         items = [(s, f) for s, f in schedule]
     except (TypeError, ValueError):
         raise ValueError(f"schedule must be a list of (step, keep_fraction) pairs, e.g. [(3, 0.25), (8, 0.5)]; got {schedule!r}") from None
     if not items:
         raise ValueError("schedule is empty: give at least one (step, keep_fraction) pair, e.g. [(5, 0.5)] (or use best_of_n)")
+    fractional = [isinstance(st, float) and 0 < st < 1 for st, _ in items]
+    if any(fractional) and not all(fractional):
+        raise ValueError("give schedule steps either all as fractions of the steps (0 < s < 1) or all as step numbers (1, 2, ...)")
     out, last = [], 0
     for step, frac in items:
-        step = validate.integer("schedule step", step, 1)
+        step = float(step) if all(fractional) else validate.integer("schedule step", step, 1)
         frac = float(frac)
         if not 0 < frac <= 1:
             raise ValueError(f"keep fraction {frac:g} at step {step} is outside (0, 1]: it is the share of each prompt's candidates kept")
@@ -47,6 +52,17 @@ def check_schedule(schedule) -> tuple[tuple[int, float], ...]:
             raise ValueError(f"schedule steps must increase strictly; got step {step} after step {last}")
         out.append((step, frac))
         last = step
+    return tuple(out)
+
+
+def resolve_schedule(schedule, num_steps: int) -> tuple[tuple[int, float], ...]:
+    """Fractional steps (0 < s < 1) as step numbers for ``num_steps`` steps (rounded, at least 1, strictly increasing)."""
+    out, last = [], 0
+    for step, keep in schedule:
+        if isinstance(step, float) and step < 1:
+            step = max(last + 1, max(1, round(step * num_steps)))
+        out.append((int(step), keep))
+        last = int(step)
     return tuple(out)
 
 
@@ -58,7 +74,7 @@ def survivors(alive: int, keep: float) -> int:
 def prune_plan(num_particles: int, num_steps: int, schedule: Sequence[tuple[int, float]]) -> tuple[int, int, int, list[int]]:
     """Per prompt: (denoiser NFE, verifier calls, final reward calls, alive count after each checkpoint)."""
     alive, done, nfe, calls, counts = num_particles, 0, 0, 0, []
-    for step, keep in schedule:
+    for step, keep in resolve_schedule(schedule, num_steps):
         if step >= num_steps:
             raise ValueError(f"checkpoint step {step} is out of range: with {num_steps} steps, prune at steps 1..{num_steps - 1}")
         nfe += alive * (step - done)
@@ -114,7 +130,7 @@ class Prune(Method):
         slots = torch.arange(N).repeat(P, 1)  # each survivor's particle index within its prompt
         done = 0
         with progress(problem, S) as bar:
-            for step, keep in self.schedule:
+            for step, keep in resolve_schedule(self.schedule, S):
                 x, x0 = run_steps(problem, x, done, step, cond, gens, bar)
                 done = step
                 level = problem.adapter.noise_level(step - 1)
