@@ -175,6 +175,14 @@ def comparisons(rows: list[dict]) -> list[dict]:
                         "versus_nfe": ref.get("nfe"), "diff": d["diff"],
                         "low": d["low"], "high": d["high"], "pairs": d["n"],
                         "verdict": "tie" if d["low"] <= 0 <= d["high"] else ("better" if d["diff"] > 0 else "worse")})
+        if r["method"].endswith("_noise_aware"):  # the verifier's own effect: the same method with the plain reward
+            plain = next((b for b in rows if b["model"] == r["model"] and b["method"] == r["method"].removesuffix("_noise_aware")
+                          and b["options"]["num_particles"] == n and "correct" in b), None)
+            if plain is not None:
+                d = paired_bootstrap(r["correct"], plain["correct"])
+                out.append({"model": r["model"], "method": r["method"], "particles": n, "nfe": r.get("nfe"), "versus": f"{plain['method']} N={n}",
+                            "versus_nfe": plain.get("nfe"), "diff": d["diff"], "low": d["low"], "high": d["high"], "pairs": d["n"],
+                            "verdict": "tie" if d["low"] <= 0 <= d["high"] else ("better" if d["diff"] > 0 else "worse")})
     return out
 
 
@@ -275,7 +283,7 @@ def plot(rows: list[dict], models: list[str], path: Path) -> None:
             ax.plot(*zip(*sorted(pts)), marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set(title=f"shapes {model}", xlabel="NFE per image", ylabel="accuracy (exact evaluator)")
-        ax.legend()
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
