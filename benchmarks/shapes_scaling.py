@@ -371,7 +371,7 @@ def main(argv=None) -> dict:
     p.add_argument("--smc", type=int, nargs="*", default=[4, 8], help="SMC and Fleming-Viot particle counts (none: best-of-N only)")
     p.add_argument("--smc-noise-aware", type=int, nargs="*", default=[4, 8],
                    help="SMC and Fleming-Viot particle counts with the noise-aware reward as potential (none: skip)")
-    p.add_argument("--prune", type=int, nargs="*", default=[8, 16, 32], help="pruning candidate counts (none: skip)")
+    p.add_argument("--prune", type=int, nargs="*", default=[4, 8, 12], help="pruning candidate counts (none: skip)")
     p.add_argument("--prune-schedule", type=json.loads, help="JSON list of [step, keep_fraction] (default: the method's)")
     p.add_argument("--verifiers", nargs="+", default=["plain", "noise_aware"], choices=["plain", "noise_aware"],
                    help="pruning verifiers: plain (the shapes reward on x̂₀) and noise_aware (the shipped noise-aware reward)")
