@@ -17,9 +17,9 @@ from .search import METHODS, get_method
 from .search.base import Problem
 from .search.trace import Budget, BudgetExceeded, Trace
 
-#: call options handled by the engine (everything else goes to the method or the prompt encoder)
 #: method options whose value is a reward (a name is built once per pipeline and reused)
 REWARD_OPTIONS = ("verifier", "potential_reward")
+#: call options handled by the engine (everything else goes to the method or the prompt encoder)
 ENGINE_OPTIONS = ("num_particles", "eta", "max_nfe", "max_reward_calls", "max_batch", "reward_batch", "return_all")
 
 

@@ -8,22 +8,12 @@ import torch
 import steer
 import tiny_pipelines as tp
 from steer.rewards import get_reward
-from steer.rewards.base import Reward
 from steer.rewards.noise_aware import NoiseAwareReward, VerifierMismatch, model_signature
 from steer.search import BudgetExceeded
 from steer.search.prune import check_schedule, prune_plan, survivors
 from steer.train import noise_aware as na
 from test_rewards import write_open_clip_dir
-
-PROMPTS = ["a photo of a red circle", "a photo of two squares"]
-
-
-class Redness(Reward):
-    name = "redness"
-    differentiable = True
-
-    def score(self, images, prompts):
-        return 100 * (images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3)))
+from test_search import PROMPTS, Redness
 
 
 class Recorder(Redness):

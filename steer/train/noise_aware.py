@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from ..models.registry import get_adapter
 from ..rewards.noise_aware import NoiseAwareReward, model_signature
 from ..rewards.registry import get_reward
+from .shapes_t2i import _save_ckpt
 
 
 @dataclass
@@ -70,12 +71,6 @@ class TrainConfig:
     val_fraction: float = 0.1
     save_every: int = 100
     seed: int = 0
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def _to_student_pixels(student_base, images: torch.Tensor) -> torch.Tensor:
@@ -165,8 +160,7 @@ def build_dataset(pipe, teacher, student_base, prompts: Sequence[str], out: Path
         final = torch.cat(finals, 1)[:, perm].reshape(-1, *finals[0].shape[2:])
         with torch.no_grad():
             target = teacher(final.to(teacher.device), [p for p in ps for _ in range(T)]).float().cpu().view(len(ps), T)
-        _atomic_save({"images": images, "levels": levels, "teacher": target, "prompts": ps, "eta": torch.tensor(etas)},
-                     folder / f"shard_{k:05d}.pt")
+        _save_ckpt(folder / f"shard_{k:05d}.pt", images=images, levels=levels, teacher=target, prompts=ps, eta=torch.tensor(etas))
     bar.close()
     return folder
 
@@ -289,7 +283,6 @@ def train(out: Path, student_name: str, teacher_name: str, cfg: TrainConfig, stu
 
     data = load_dataset(out / "data")
     student = make_student(student_name, student_kwargs or {}, data, teacher_name, device, seed=cfg.seed)
-    plain = get_reward(student_name, device=device, **(student_kwargs or {}))
     stages = curriculum(data["levels"], cfg.stages)
     plan = [(0, cfg.clean_steps)] + [(s, cfg.stage_steps) for s in range(1, len(stages))]
     total = sum(n for _, n in plan)
@@ -338,7 +331,7 @@ def train(out: Path, student_name: str, teacher_name: str, cfg: TrainConfig, stu
         if step % 10 == 0 or step == total:
             log.append({"step": step, "stage": stage, "loss": loss.item(), "mse": mse.item(), "rank": rank.item(), "seconds": round(time.perf_counter() - t0, 2)})
         if step % cfg.save_every == 0 or step == total or (stop_after is not None and ran >= stop_after):
-            _atomic_save({"student": student.state_dict(), "opt": opt.state_dict(), "step": step, "log": log, "config": asdict(cfg)}, ckpt)
+            _save_ckpt(ckpt, student=student.state_dict(), opt=opt.state_dict(), step=step, log=log, config=asdict(cfg))
         if stop_after is not None and ran >= stop_after and step < total:
             bar.close()
             return None
@@ -348,7 +341,7 @@ def train(out: Path, student_name: str, teacher_name: str, cfg: TrainConfig, stu
         p.requires_grad_(False)
     student.info = {"train": asdict(cfg), "data": data["meta"]["data"], "prompts": len(data["prompts"]),
                     "seconds": log[-1]["seconds"] if log else 0.0, "steps": total}
-    val = evaluate(student, data, val_idx if len(val_idx) else train_idx, plain)
+    val = evaluate(student, data, val_idx if len(val_idx) else train_idx, student.frozen)  # the frozen branch is the plain reward
     student.info["validation"] = val
     student.save_pretrained(out / "final")
     tmp = out / "report.json.tmp"
