@@ -246,3 +246,10 @@ def test_default_schedule_scales_with_the_number_of_steps():
     with pytest.raises(ValueError, match="all as fractions"):
         check_schedule([(0.2, 0.5), (8, 0.5)])
     assert prune_plan(8, 25, DEFAULT_SCHEDULE) == (8 * 4 + 1 * 21, 8, 1, [1])
+
+
+@pytest.mark.parametrize("bad", [{"stages": 0}, {"batch_prompts": 0}, {"stage_steps": -1}, {"lr": -1e-4}, {"rank_weight": float("nan")},
+                                 {"val_fraction": 0.9}, {"tune_base": "all"}])
+def test_bad_training_settings_name_the_setting(bad):
+    with pytest.raises((ValueError, TypeError), match=next(iter(bad))):
+        na.TrainConfig(**bad)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import validate
 from ..models.registry import get_adapter
 from ..rewards.noise_aware import NoiseAwareReward, model_signature
 from ..rewards.registry import get_reward
@@ -71,6 +72,18 @@ class TrainConfig:
     val_fraction: float = 0.1
     save_every: int = 100
     seed: int = 0
+
+    def __post_init__(self):
+        """Bad settings fail here with the setting's name, not as a silently different training run."""
+        for name in ("stages", "batch_prompts", "save_every"):
+            validate.integer(name, getattr(self, name), 1)
+        for name in ("stage_steps", "clean_steps"):
+            validate.integer(name, getattr(self, name), 0)
+        for name in ("lr", "head_lr", "rank_weight", "weight_decay"):
+            validate.real(name, getattr(self, name), 0.0)
+        validate.real("val_fraction", self.val_fraction, 0.0, 0.5)
+        if self.tune_base not in ("vision", "none"):
+            raise ValueError(f"tune_base must be 'vision' or 'none', got {self.tune_base!r}")
 
 
 def _to_student_pixels(student_base, images: torch.Tensor) -> torch.Tensor:

@@ -261,6 +261,8 @@ def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr:
         sched = FlowMatchEulerDiscreteScheduler(**_cfg("flow_scheduler"))
     if init is not None:
         encoders, denoiser = _from_pipeline(kind, init, encoders, denoiser)
+        if grow_layers < 0:
+            raise ValueError(f"--grow-layers must be 0 or more, got {grow_layers}")
         if grow_layers:
             if kind != "flow":
                 raise ValueError("--grow-layers applies to the flow stage")
