@@ -67,3 +67,15 @@ def test_tokenizer_gives_one_token_per_word():
         assert len(tok(word).input_ids) == 3, word
     assert tok.eos_token_id == len(tok) - 1  # open_clip's argmax pooling needs the highest id
     assert set(SHAPES) | set(COLORS) <= set(vocabulary())
+
+
+def test_tokenizer_numbers_words_the_same_in_every_build():
+    """The BPE trainer breaks ties differently per run; ids must not depend on it (fresh processes too)."""
+    import subprocess
+    import sys
+
+    code = ("from steer.shapes.tokenizer import build_tokenizer; from steer.shapes.prompts import vocabulary; "
+            "t = build_tokenizer(); print([t(w).input_ids[1] for w in vocabulary()])")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(3)}
+    tok = build_tokenizer()
+    assert runs == {str([tok(w).input_ids[1] for w in vocabulary()]) + "\n"}

@@ -29,7 +29,9 @@ def build_tokenizer(max_length: int = MAX_LENGTH) -> CLIPTokenizer:
     bpe.train_from_iterator(vocabulary(), trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    tokens = sorted(state["vocab"], key=state["vocab"].get)
+    # the trainer breaks frequency ties differently from run to run: number tokens canonically
+    # (letters, then word pieces by length and spelling) so every build gives each word the same id
+    tokens = sorted(state["vocab"], key=lambda t: (len(t.removesuffix("</w>")) > 1, len(t), t))
     tokens += [c + "</w>" for c in alphabet if c + "</w>" not in state["vocab"]]
     tokens += [BOS, EOS]
     vocab = {t: i for i, t in enumerate(tokens)}

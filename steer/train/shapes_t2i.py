@@ -249,7 +249,12 @@ def train_denoiser(kind: str, run: Path, data: dict, steps: int, batch: int, lr:
     if init is not None and not vae_dir.exists():
         vae_dir = init / "vae"
     vae = AutoencoderKL.from_pretrained(vae_dir).to(device).eval()
-    tok = build_tokenizer()
+    if init is not None:  # the model's own tokenizer: a fresh build may number some words differently
+        from transformers import CLIPTokenizer
+
+        tok = CLIPTokenizer.from_pretrained(init / "tokenizer")
+    else:
+        tok = build_tokenizer()
     torch.manual_seed(1 if kind == "sd" else 2)
     if kind == "sd":
         encoders = [make_text_encoder(len(tok), tok, with_projection=False)]
