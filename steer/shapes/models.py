@@ -19,11 +19,27 @@ def _folder(path: str | Path | None, name: str) -> Path:
     return folder
 
 
-def load_pipeline(path: str | Path | None = None, **kwargs):
-    """The SD-family shapes model as a stock ``diffusers.StableDiffusionPipeline`` (DDIM scheduler)."""
+#: fine-tuned variants of the ``sd`` model shipped as LoRAs (``steer.train.pgraft`` / ``steer.train.draft`` results)
+VARIANTS = {"pgraft": "sd_pgraft", "draft": "sd_draft"}
+
+
+def load_pipeline(path: str | Path | None = None, variant: str | None = None, **kwargs):
+    """The SD-family shapes model as a stock ``diffusers.StableDiffusionPipeline`` (DDIM scheduler).
+
+    ``variant="pgraft"`` / ``"draft"``: the same pipeline with the shipped fine-tuned LoRA loaded
+    (``pipe.load_lora_weights``); P-GRAFT's LoRA acts only in its high-noise segment (a gate on the UNet,
+    :func:`steer.train.finetune.load_result`).
+    """
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline.from_pretrained(_folder(path, "sd"), **kwargs)
+    if variant not in (None, "base", *VARIANTS):
+        raise ValueError(f"variant must be None, 'base' or one of {sorted(VARIANTS)}, got {variant!r}")
+    pipe = StableDiffusionPipeline.from_pretrained(_folder(path, "sd"), **kwargs)
+    if variant in VARIANTS:
+        from ..train.finetune import load_result
+
+        load_result(pipe, _folder(None, VARIANTS[variant]))
+    return pipe
 
 
 def load_flow_pipeline(path: str | Path | None = None, **kwargs):
