@@ -1,6 +1,13 @@
-"""Accuracy (exact evaluator) and mean reward versus compute for best-of-N, SMC and Fleming-Viot.
+"""Accuracy (exact evaluator) and mean reward versus compute for best-of-N, SMC, Fleming-Viot, pruning,
+tree search (DTS / DTS*) and initial-noise optimisation (ReNO, DOODL).
 
     python benchmarks/shapes_scaling.py --out results/shapes_scaling.json --plot results/shapes_scaling.png
+
+Only the tree-search and noise-optimisation rows, on the seeds of the 24-prompt study, compared with its
+best-of-N rows on the same prompts:
+
+    python benchmarks/shapes_scaling.py --limit 8 --seeds 1 --seed-layout 24 --bon --smc --smc-noise-aware --prune \
+        --reference results/shapes_scaling.json --out results/shapes_scaling_search2.json
 
 For each model, method and particle count, every prompt is generated at ``--seeds`` seeds with
 the shapes reward as the search objective; the returned image is judged by the exact
@@ -32,20 +39,27 @@ def judged_records(records: list[dict], seeds: int) -> list[dict]:
     return [rec for _ in range(seeds) for rec in records]
 
 
+#: seed position of each record (index into the records list unless --seed-layout says otherwise)
+SEED_POSITIONS: list[int] | None = None
+
+
 def _generate(steered, records, seeds: int, steps: int, guidance: float, n: int, batch_prompts: int, seed_offset: int = 0, **opts):
     """Yield (record, images (k, H, W, 3) uint8, rewards (k,)) per prompt and seed, plus running NFE / reward calls."""
-    stats = {"nfe": 0, "reward_calls": 0, "verifier_calls": 0}
+    stats = {"nfe": 0, "reward_calls": 0, "verifier_calls": 0, "backward_nfe": 0, "reward_grad_calls": 0}
+    pos = SEED_POSITIONS or list(range(len(records)))
 
     def gen():
         for s in range(seeds):
             for start in range(0, len(records), batch_prompts):
                 chunk = records[start : start + batch_prompts]
-                gens = [torch.Generator().manual_seed(10_000 * s + seed_offset + start + i) for i in range(len(chunk))]
+                gens = [torch.Generator().manual_seed(10_000 * s + seed_offset + pos[start + i]) for i in range(len(chunk))]
                 out = steered([r["prompt"] for r in chunk], num_inference_steps=steps, guidance_scale=guidance, num_particles=n,
                               generator=gens, output_type="np", **opts)
                 stats["nfe"] += out.trace.nfe
                 stats["reward_calls"] += out.trace.reward_calls
                 stats["verifier_calls"] += getattr(out.trace, "verifier_calls", 0)
+                stats["backward_nfe"] += getattr(out.trace, "backward_nfe", 0)
+                stats["reward_grad_calls"] += getattr(out.trace, "reward_grad_calls", 0)
                 imgs = to_uint8(out.images)
                 k = len(imgs) // len(chunk)
                 for i, rec in enumerate(chunk):
@@ -86,8 +100,9 @@ def run_config(steered, records, seeds: int, steps: int, guidance: float, n: int
     seconds = round(time.perf_counter() - t0, 2)
     if keep is not None:
         keep.update(images=np.stack(images), rewards=np.array(rewards))
+    extra = {k: stats[k] / len(recs) for k in ("backward_nfe", "reward_grad_calls") if stats[k]}
     return {"nfe": stats["nfe"] / len(recs), "reward_calls": stats["reward_calls"] / len(recs), "verifier_calls": stats["verifier_calls"] / len(recs),
-            **judge_selected(recs, images),
+            **extra, **judge_selected(recs, images),
             "mean_reward": float(np.mean(rewards)), "seconds": seconds}
 
 
@@ -228,6 +243,27 @@ def analyse(rows: list[dict]) -> dict:
     return out
 
 
+def reference_subset(reference: dict, records: list[dict], seeds: int, layout: int, models: list[str]) -> dict:
+    """Accuracy of a finished study's rows (with ``correct`` per prompt × seed) on this run's prompts and seeds.
+
+    The reference must have been run with ``--limit layout`` and at least ``seeds`` seeds, offset 0, so that its
+    judged image ``s·(6·layout) + position`` is this run's prompt at that seed position."""
+    per_task = {t: [r for r in records if r["tag"] == t] for t in TASKS}
+    index = [s * len(TASKS) * layout + ti * layout + j for s in range(seeds) for ti, t in enumerate(TASKS) for j in range(len(per_task[t]))]
+    tags = [t for _ in range(seeds) for t in TASKS for _ in per_task[t]]
+    out: dict = {}
+    for r in reference["rows"]:
+        if r["model"] not in models or "correct" not in r or r["method"] not in ("best_of_n", "smc", "fleming_viot", "oracle"):
+            continue
+        if len(r["correct"]) < max(index) + 1:
+            continue
+        eta = r["options"].get("eta")
+        key = f"{r['method']}{'' if eta is None else f'(eta={eta:g})'} N={r['options']['num_particles']}"
+        s = summarize([(tag, float(r["correct"][i])) for tag, i in zip(tags, index)])
+        out.setdefault(r["model"], {})[key] = {"accuracy": s["overall"], "tasks": s["tasks"], "nfe": r["nfe"]}
+    return out
+
+
 def report(result: dict) -> None:
     """Print the comparisons and the analysis."""
     for c in result.get("comparisons", []):
@@ -247,9 +283,18 @@ def report(result: dict) -> None:
                   + ("none" if b is None else f"{b['method']} N={b['num_particles']} {b['accuracy']:.3f} (gap {b['gap']:+.3f})"))
 
 
+def _budget_label(o: dict) -> str:
+    """The budget option of a tree-search / noise-optimisation row, for tables."""
+    if "nfe" in o:
+        return f" nfe={o['nfe']}"
+    if "iters" in o:
+        return f" iters={o['iters']} steps={o.get('steps')}"
+    return ""
+
+
 def _print(row: dict) -> None:
     n = row["options"]["num_particles"]
-    print(f"{row['model']:5s} {row['method']:24s} N={n:<3d} nfe/img={row['nfe']:7.1f} reward_calls/img={row['reward_calls']:6.1f} "
+    print(f"{row['model']:5s} {row['method'] + _budget_label(row['options']):24s} N={n:<3d} nfe/img={row['nfe']:7.1f} reward_calls/img={row['reward_calls']:6.1f} "
           f"acc={row['accuracy']:.3f} reward={row['mean_reward']:.2f} {row['seconds']:.0f}s", flush=True)
 
 
@@ -259,7 +304,7 @@ def markdown(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         o = r["options"]
-        name = r["method"] + (f" (eta={o['eta']:g})" if o.get("eta") is not None else "")
+        name = r["method"] + (f" (eta={o['eta']:g})" if o.get("eta") is not None else "") + _budget_label(o)
         tasks = " | ".join(f"{r['tasks'].get(t, float('nan')):.3f}" for t in TASKS)
         lines.append(f"| {r['model']} | {name} | {o['num_particles']} | {r['nfe']:.0f} | {r['reward_calls']:.0f} | {r.get('verifier_calls', 0):.0f} | {tasks} | "
                      f"**{r['accuracy']:.3f}** | {r['mean_reward']:.2f} | {r['seconds']:.0f} |")
@@ -359,6 +404,14 @@ def rejudge(result: dict, folder: Path, jobs: int = 1) -> dict:
     return {"config": {**result["config"], "rejudged": True}, "rows": rows}
 
 
+def _config(a: argparse.Namespace) -> dict:
+    """The arguments as JSON values (paths as strings)."""
+    def value(v):
+        return str(v) if isinstance(v, Path) else [value(e) for e in v] if isinstance(v, list) else v
+
+    return {k: value(v) for k, v in vars(a).items()}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=Path, help="GenEval-style JSONL (default: the shipped shapes eval set)")
@@ -375,6 +428,26 @@ def main(argv=None) -> dict:
     p.add_argument("--prune-schedule", type=json.loads, help="JSON list of [step, keep_fraction] (default: the method's)")
     p.add_argument("--verifiers", nargs="+", default=["plain", "noise_aware"], choices=["plain", "noise_aware"],
                    help="pruning verifiers: plain (the shapes reward on x̂₀) and noise_aware (the shipped noise-aware reward)")
+    p.add_argument("--dts", type=int, nargs="*", default=[50, 100, 160],
+                   help="DTS and DTS* NFE budgets per image (none: skip); 160 = 1/5 of best-of-32's NFE at 25 steps")
+    p.add_argument("--dts-methods", nargs="+", default=["dts", "dts_star"], choices=["dts", "dts_star"])
+    p.add_argument("--dts-lam", type=float, default=1.0, help="DTS λ (selection ∝ exp(λ·v̂), soft backup) on the reward's 100·cosine scale")
+    p.add_argument("--dts-children", type=int, default=2, help="children per branching node")
+    p.add_argument("--dts-roots", type=int, default=4, help="initial noises (children of the root); 4 beat 2 and 3 (children 3) on held-out "
+                   "prompts (offset 16, 3 per task, runs/issue12/tune_*.json)")
+    p.add_argument("--dts-interval", type=int, help="steps between branching levels (default: the method's, S/5)")
+    p.add_argument("--dts-eta", type=float, help="step noise of the tree's transitions (default: the adapter's stochastic one)")
+    p.add_argument("--reno", type=int, nargs="*", default=[0, 4, 8],
+                   help="ReNO iteration counts (none: skip; 0 is the base model's deterministic sample on the same noise)")
+    p.add_argument("--reno-lr", type=float, default=5.0)
+    p.add_argument("--reno-backprop-steps", type=int, help="ReNO: backward through the last K steps only (default: all, checkpointed)")
+    p.add_argument("--doodl", type=int, nargs="*", default=[2, 4], help="DOODL iteration counts (none: skip)")
+    p.add_argument("--doodl-lr", type=float, default=0.1)
+    p.add_argument("--noise-opt-steps", type=int, default=10, help="sampler steps of the ReNO / DOODL rows (few-step setting)")
+    p.add_argument("--seed-layout", type=int,
+                   help="seed each prompt as in a study with this many prompts per task (e.g. 24: the seeds of results/shapes_scaling.json)")
+    p.add_argument("--reference", type=Path, nargs="+", help="a finished study (e.g. results/shapes_scaling.json): its best-of-N accuracy on the same "
+                   "prompts and seeds goes into the result (needs the same --seed-layout as that study's --limit)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
@@ -413,6 +486,11 @@ def main(argv=None) -> dict:
         torch.set_num_threads(a.threads)
     records = load_prompts(a.prompts)
     records = [r for t in TASKS for r in [r for r in records if r["tag"] == t][a.offset : a.offset + a.limit]]
+    global SEED_POSITIONS
+    layout = a.seed_layout or a.limit
+    SEED_POSITIONS = [ti * layout + j for ti in range(len(TASKS)) for j in range(a.limit)] if a.seed_layout else None
+    if SEED_POSITIONS is not None and len(SEED_POSITIONS) != len(records):
+        raise ValueError("--seed-layout needs --limit prompts in every task")
     seed0 = a.offset * len(TASKS)  # a later slice's prompts get seeds of their own
     reward = load_reward()
     rows = []
@@ -444,6 +522,11 @@ def main(argv=None) -> dict:
         for n in a.smc_noise_aware:
             configs += [("smc_noise_aware", n, {"potential": a.potential, "interval": a.interval, "lam": "auto"}),
                         ("fleming_viot_noise_aware", n, {"interval": a.interval, "lam": "auto"})]
+        dts_opts = {"lam": a.dts_lam, "children": a.dts_children, "roots": a.dts_roots, "interval": a.dts_interval}
+        dts_opts.update({"eta": a.dts_eta} if a.dts_eta is not None else {})
+        configs += [(m, 1, {"nfe": b, **dts_opts}) for b in a.dts for m in a.dts_methods]
+        configs += [("reno", 1, {"iters": k, "lr": a.reno_lr, "backprop_steps": a.reno_backprop_steps, "steps": a.noise_opt_steps}) for k in a.reno]
+        configs += [("doodl", 1, {"iters": k, "lr": a.doodl_lr, "steps": a.noise_opt_steps}) for k in a.doodl]
         for method, n, opts in configs:
             base = method.replace("_noise_aware", "")
             call_opts = dict(opts)
@@ -451,25 +534,33 @@ def main(argv=None) -> dict:
                 call_opts["potential_reward"] = noise_aware
             elif method == "prune_noise_aware":
                 call_opts["verifier"] = noise_aware
+            steps = call_opts.pop("steps", a.steps)
             steered = steer.wrap(pipe, method=base, reward=reward)
             row = {"model": model, "method": method, "options": {"num_particles": n, **opts}}
             keep = {}
-            row.update(run_config(steered, records, a.seeds, a.steps, a.guidance, n, a.batch_prompts, seed0, keep=keep, **call_opts))
+            row.update(run_config(steered, records, a.seeds, steps, a.guidance, n, a.batch_prompts, seed0, keep=keep, **call_opts))
             rows.append(row)
             _print(row)
             if a.out:  # a partial result after every row, so a stopped run keeps what it measured
                 a.out.parent.mkdir(parents=True, exist_ok=True)
-                partial = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "rows": rows, "partial": True}
+                partial = {"config": _config(a), "rows": rows, "partial": True}
                 tmp = a.out.with_suffix(".tmp")
                 tmp.write_text(json.dumps(partial, indent=2))
                 tmp.replace(a.out)
             if a.images:
                 save_images(a.images, row, judged_records(records, a.seeds), keep)
-    result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "rows": rows}
+    result = {"config": _config(a), "rows": rows}
     result["comparisons"] = comparisons(rows)
     result["analysis"] = analyse(rows)
+    if a.reference:
+        result["reference"] = {}
+        for f in a.reference:
+            for model, rows_ in reference_subset(json.loads(f.read_text()), records, a.seeds, layout, a.models).items():
+                result["reference"].setdefault(model, {}).update(rows_)
     print(markdown(rows))
     report(result)
+    for model, ref in result.get("reference", {}).items():
+        print(f"{model}: on these prompts and seeds, {', '.join(str(f) for f in a.reference)}: " + ", ".join(f"{k} {v['accuracy']:.3f} ({v['nfe']:.0f} NFE)" for k, v in ref.items()))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2))

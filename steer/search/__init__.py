@@ -4,8 +4,11 @@ import inspect
 
 from .base import Method, Problem
 from .best_of_n import BestOfN
+from .doodl import DOODL
+from .dts import DTS, DTSStar
 from .fleming_viot import FlemingViot
 from .prune import DEFAULT_SCHEDULE, Prune
+from .reno import ReNO
 from .resampling import RESAMPLERS, ess, get_resampler, multinomial, normalize, residual, stratified, systematic
 from .smc import POTENTIALS, SMC
 from .trace import Budget, BudgetExceeded, Trace
@@ -20,6 +23,10 @@ METHODS: dict[str, type[Method]] = {
     "fv": FlemingViot,
     "prune": Prune,
     "ttsnap": Prune,
+    "dts": DTS,
+    "dts_star": DTSStar,
+    "reno": ReNO,
+    "doodl": DOODL,
 }
 
 
@@ -35,6 +42,6 @@ def get_method(name: str, **options) -> Method:
 
 
 __all__ = [
-    "BestOfN", "Budget", "DEFAULT_SCHEDULE", "Prune", "BudgetExceeded", "FlemingViot", "METHODS", "Method", "POTENTIALS", "Problem", "RESAMPLERS",
+    "BestOfN", "Budget", "DOODL", "DTS", "DTSStar", "ReNO", "DEFAULT_SCHEDULE", "Prune", "BudgetExceeded", "FlemingViot", "METHODS", "Method", "POTENTIALS", "Problem", "RESAMPLERS",
     "SMC", "Trace", "ess", "get_method", "get_resampler", "multinomial", "normalize", "residual", "stratified", "systematic",
 ]

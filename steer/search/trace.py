@@ -51,7 +51,9 @@ class Trace:
 
     Compute: ``nfe`` (denoiser calls per particle row), ``reward_calls`` (images scored by the
     call's reward), ``verifier_calls`` (images scored by a verifier or potential reward: pruning
-    checkpoints, noise-aware SMC potentials), ``nfe_saved`` (pruning: NFE not spent against
+    checkpoints, noise-aware SMC potentials), ``backward_nfe`` (noise optimisation: a backward pass
+    through the denoiser counts as 2 NFE; included in ``nfe``), ``reward_grad_calls`` (reward evaluations
+    backpropagated to the noise, not in ``reward_calls``), ``nfe_saved`` (pruning: NFE not spent against
     best-of-N with as many particles). A budget's ``reward_calls`` caps reward and verifier calls together.
     """
 
@@ -75,6 +77,8 @@ class Trace:
     peak_memory_bytes: int = 0
     nonfinite_rewards: int = 0
     sampler: str = ""  # what the steps used: the pipeline's scheduler, or the stated fallback
+    backward_nfe: int = 0  # noise optimisation: backward passes through the denoiser, 2 NFE each (included in nfe)
+    reward_grad_calls: int = 0  # noise optimisation: reward evaluations backpropagated to the noise (apart from reward_calls)
 
     def to_dict(self) -> dict:
         return asdict(self)
