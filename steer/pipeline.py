@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+import threading
+import weakref
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +33,76 @@ class SteeredPipelineOutput(BaseOutput):
     images: Any
     rewards: list[float]
     trace: Trace
+
+
+_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def pipeline_lock(pipe) -> threading.RLock:
+    """The lock that serialises steered calls on ``pipe``: a call sets per-call state on the shared pipeline
+    (the scheduler's timesteps, the adapter's ``eta`` and ``max_batch``, the compute counters), so two
+    threads calling steered pipelines that wrap the same diffusers pipeline take turns."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(pipe)
+        if lock is None:
+            lock = _LOCKS[pipe] = threading.RLock()
+        return lock
+
+
+def _serialised(fn):
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        with pipeline_lock(self.pipe):
+            return fn(self, *args, **kwargs)
+
+    return call
+
+
+class _Observed(Reward):
+    """A reward that reports every batch it scores to ``callback`` (the per-step hook of a steered call)."""
+
+    def __init__(self, inner: Reward, callback: Callable[[dict], None], role: str):
+        super().__init__()
+        self.inner, self.callback, self.role = inner, callback, role
+        self.name, self.differentiable, self.noise_aware = getattr(inner, "name", type(inner).__name__), inner.differentiable, inner.noise_aware
+        if hasattr(inner, "check_compatible"):
+            self.check_compatible = inner.check_compatible
+
+    def forward(self, images, prompts, noise_level=None):
+        scores = self.inner(images, prompts, noise_level=noise_level)
+        if not images.requires_grad:  # noise optimisation's differentiable calls are not reported
+            level = noise_level if noise_level is None or isinstance(noise_level, (int, float)) else None
+            self.callback({"event": "score", "role": self.role, "reward": self.name, "images": images.detach().float().cpu(),
+                           "rewards": torch.as_tensor(scores).detach().double().cpu().reshape(-1).tolist(), "noise_level": level})
+        return scores
+
+
+class _ProgressHook:
+    """``pipe.progress_bar`` that also reports each completed step to ``callback``."""
+
+    def __init__(self, bar_factory, callback: Callable[[dict], None]):
+        self.bar_factory, self.callback = bar_factory, callback
+
+    def __call__(self, total: int):
+        hook = self
+
+        class Bar:
+            def __enter__(self):
+                self.bar, self.done = hook.bar_factory(total=total), 0
+                self.inner = self.bar.__enter__()
+                hook.callback({"event": "step", "step": 0, "total": total})
+                return self
+
+            def __exit__(self, *exc):
+                return self.bar.__exit__(*exc)
+
+            def update(self, n: int = 1):
+                self.inner.update(n)
+                self.done += n
+                hook.callback({"event": "step", "step": self.done, "total": total})
+
+        return Bar()
 
 
 def _method_option_names(name: str) -> set[str]:
@@ -143,6 +216,7 @@ class SteeredPipeline:
         p = inspect.signature(self.pipe.__call__).parameters.get(name)
         return p.default if p is not None and p.default is not inspect.Parameter.empty and p.default is not None else fallback
 
+    @_serialised
     @torch.no_grad()
     def __call__(
         self,
@@ -155,6 +229,7 @@ class SteeredPipeline:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback: Callable[[dict], None] | None = None,
         **options,
     ) -> SteeredPipelineOutput | tuple:
         """Steered generation: one image per prompt (the selected particle), or all particles with ``return_all=True``.
@@ -162,6 +237,13 @@ class SteeredPipeline:
         Method options (e.g. ``potential``, ``lam``, ``interval``) and engine options
         (``num_particles``, ``eta``, ``max_nfe``, ``max_reward_calls``, ``max_batch``,
         ``reward_batch``, ``return_all``) override those given to :func:`wrap`.
+
+        ``callback`` (optional) is called with a dict per event, to watch the search: ``{"event": "step",
+        "step": k, "total": S}`` as steps complete (each search stage counts its own steps), and
+        ``{"event": "score", "role": "reward" | option name, "reward": name, "images": (B, 3, H, W) in [0, 1],
+        "rewards": [B floats], "noise_level": float | None}`` whenever particles' x̂₀ or final images are
+        scored, in the particles' current order (so resampled copies and pruned particles show). Calls on the
+        same diffusers pipeline are serialised (:func:`pipeline_lock`), so threads may share it.
         """
         prompts = validate.prompts("prompt", prompt)
         if negative_prompt is not None:
@@ -174,7 +256,14 @@ class SteeredPipeline:
             raise ValueError("num_images_per_prompt is not supported: use num_particles (and return_all=True for every particle)")
         options.pop("num_images_per_prompt", None)
         engine, method_opts, encoder_opts = self._split({**self.defaults, **options})
-        method = get_method(self.method, **self._method_options(method_opts))
+        method_opts = self._method_options(method_opts)
+        reward = self.reward
+        if callback is not None:
+            if not callable(callback):
+                raise TypeError(f"callback must be callable (it gets one dict per event), got {type(callback).__name__}")
+            reward = _Observed(reward, callback, "reward")
+            method_opts = {k: _Observed(v, callback, k) if k in REWARD_OPTIONS and isinstance(v, Reward) else v for k, v in method_opts.items()}
+        method = get_method(self.method, **method_opts)
         steps = self._default("num_inference_steps", 25) if num_inference_steps is None else validate.integer("num_inference_steps", num_inference_steps, 1)
         guidance = validate.real("guidance_scale", self._default("guidance_scale", 5.0) if guidance_scale is None else guidance_scale)
         adapter = self.adapter
@@ -204,8 +293,8 @@ class SteeredPipeline:
             adapter.set_schedule(steps, height=height, width=width)
             gens, res_gens = _generators(generator, len(prompts), n)
             problem = Problem(
-                adapter, self.reward, cond, n, gens, res_gens, height, width, budget,
-                reward_batch=reward_batch, progress=self.pipe.progress_bar,
+                adapter, reward, cond, n, gens, res_gens, height, width, budget,
+                reward_batch=reward_batch, progress=self.pipe.progress_bar if callback is None else _ProgressHook(self.pipe.progress_bar, callback),
             )
             latents, trace = method(problem)
             final = torch.tensor(trace.final_rewards)
