@@ -260,3 +260,23 @@ def test_draft_cli_reports_bad_input_in_one_line(capsys):
     with pytest.raises(SystemExit):
         pgraft.main(["--model", "shapes-sd", "--n-i", "40", "--prompt-set", "1", "--out", "x"])
     assert "outside the schedule" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ shipped variants
+
+
+@pytest.mark.parametrize("variant", ["pgraft", "draft"])
+def test_graft_and_draft_shipped_variants_load_as_stock_pipelines(variant):
+    from steer.shapes import load_pipeline
+
+    base, tuned = load_pipeline(), load_pipeline(variant=variant)
+    assert type(tuned).__name__ == "StableDiffusionPipeline"
+    meta = tuned.steer_finetune
+    assert meta["method"].startswith(variant) and meta["base_model"] == "shapes-sd"
+    assert (tuned.steer_gate.handle is not None) == (variant == "pgraft")
+    for p in (base, tuned):
+        p.set_progress_bar_config(disable=True)
+    a, b = (p("a photo of a red circle", num_inference_steps=8, generator=torch.Generator().manual_seed(0), output_type="np").images for p in (base, tuned))
+    assert not torch.allclose(torch.as_tensor(a), torch.as_tensor(b), atol=1e-4)
+    with pytest.raises(ValueError, match="variant must be"):
+        load_pipeline(variant="dpo")

@@ -156,8 +156,9 @@ class ForwardProcess:
         if t_low >= self.t_max:
             raise ValueError(f"no training timesteps above {t_low} (the schedule ends at {self.t_max})")
         u = torch.rand(n, generator=generator, dtype=torch.float64)
-        if self.flow:
-            return t_low + (self.t_max - t_low) * (1 - u)  # (t_low, t_max]
+        if self.flow:  # σ in (max(σ_low, 0), 1]: σ = 0 is the clean end, where ε is not identifiable
+            lo = max(t_low, 0.0)
+            return lo + (self.t_max - lo) * (1 - u)
         lo = int(math.floor(t_low)) + 1
         return (lo + (u * (self.t_max - lo + 1)).floor()).clamp(max=self.t_max)
 
@@ -206,7 +207,7 @@ def shaped_denoising_loss(process: ForwardProcess, cond, x_i: torch.Tensor, t_i:
     view = (-1, *[1] * (x_i.ndim - 1))
     x_t = r.to(x_i).view(view) * x_i + q.to(x_i).view(view) * eps
     eps_hat = process.predict_eps(x_t, t, cond)
-    w = (q / s_t).to(x_i).view(view)
+    w = (q / s_t.clamp(min=1e-8)).to(x_i).view(view)
     return ((w * eps_hat.float() - eps) ** 2).mean()
 
 
