@@ -280,3 +280,15 @@ def test_graft_and_draft_shipped_variants_load_as_stock_pipelines(variant):
     assert not torch.allclose(torch.as_tensor(a), torch.as_tensor(b), atol=1e-4)
     with pytest.raises(ValueError, match="variant must be"):
         load_pipeline(variant="dpo")
+
+
+@pytest.mark.parametrize("bad", [dict(lr=0.0), dict(eta=-0.5), dict(guidance_scale=-1.0), dict(cfg_drop=1.0)])
+def test_graft_settings_are_validated(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        _pg_cfg(**bad)
+
+
+@pytest.mark.parametrize("bad", [dict(lr=-1e-4), dict(grad_clip=0.0), dict(guidance_scale=float("nan"))])
+def test_draft_settings_are_validated(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        draft.DraftConfig(**bad)

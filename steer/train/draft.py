@@ -29,8 +29,10 @@ from typing import Sequence
 
 import torch
 
+from .. import validate
 from ..models.registry import get_adapter
-from .finetune import Compute, ForwardProcess, RunFiles, Timer, add_lora, denoiser_attr, lora_state, save_result, set_lora_state
+from .finetune import (Compute, ForwardProcess, RunFiles, Timer, add_common_arguments, add_lora, denoiser_attr, lora_state, parse_targets, result_meta,
+                       save_result, set_lora_state)
 
 VARIANTS = ("full", "k", "lv")
 
@@ -60,6 +62,10 @@ class DraftConfig:
         for name in ("num_inference_steps", "steps", "batch", "save_every", "lv_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        validate.real("guidance_scale", self.guidance_scale, 0)
+        for name in ("lr", "grad_clip"):
+            if validate.real(name, getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.variant == "k" and not 1 <= self.k <= self.num_inference_steps:
             raise ValueError(f"DRaFT-K needs 1 <= K <= num_inference_steps ({self.num_inference_steps}), got K = {self.k}")
 
@@ -176,9 +182,7 @@ def train(pipe, reward, prompts: Sequence[str], cfg: DraftConfig, out: str | Pat
         if getattr(denoiser, "gradient_checkpointing", False):
             denoiser.disable_gradient_checkpointing()
     compute.seconds = timer.seconds
-    meta = {"method": f"draft_{cfg.variant}", "t_switch": None, "num_inference_steps": cfg.num_inference_steps, "base_model": base_model,
-            "reward": getattr(reward, "name", type(reward).__name__), "config": asdict(cfg),
-            "compute": {**asdict(compute), "total_nfe": compute.total_nfe}, "prompts": len(prompts)}
+    meta = result_meta(f"draft_{cfg.variant}", cfg, compute, reward=reward, base_model=base_model, prompts=len(prompts))
     return save_result(pipe, files.out / "final", meta)
 
 
@@ -187,38 +191,26 @@ def main(argv=None) -> None:
     from .noise_aware import load_model, load_prompt_source
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="shapes-sd, shapes-flow, or a diffusers pipeline folder / hub id")
+    add_common_arguments(p, "a differentiable steer reward")
     p.add_argument("--variant", choices=VARIANTS, default="k")
     p.add_argument("--k", type=int, default=1, help="DRaFT-K: steps with gradients (the last K)")
     p.add_argument("--lv-samples", type=int, default=2, help="DRaFT-LV: re-noisings of x0 per prompt")
-    p.add_argument("--reward", default="shapes_clip", help="a differentiable steer reward")
-    p.add_argument("--reward-kwargs", type=json.loads, default={})
-    p.add_argument("--prompts", type=Path, help="GenEval-style JSONL of training prompts")
-    p.add_argument("--prompt-set", type=int, help="or: make_prompt_set(seed=...) shapes prompts (never the eval seed)")
-    p.add_argument("--per-task", type=int, default=32)
     p.add_argument("--train-steps", type=int, default=200, help="optimiser steps")
     p.add_argument("--batch", type=int, default=8, help="prompts per step")
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--targets", default="attn_ff", help="LoRA targets: attn, attn_ff, or comma-separated module names")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    targets = a.targets if a.targets in ("attn", "attn_ff") else a.targets.split(",")
+    targets = parse_targets(a.targets)
     try:
         cfg = DraftConfig(variant=a.variant, k=a.k, lv_samples=a.lv_samples, num_inference_steps=a.steps, guidance_scale=a.guidance,
                           steps=a.train_steps, batch=a.batch, lr=a.lr, rank=a.rank, targets=targets, seed=a.seed)
         prompts = load_prompt_source(a.prompts, a.prompt_set, a.per_task)
         reward = get_reward(a.reward, device=a.device, **a.reward_kwargs)
         check_reward(reward)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
         p.error(str(e))
     pipe = load_model(a.model, a.device)
     final = train(pipe, reward, prompts, cfg, a.out, progress=not a.no_progress, base_model=a.model)

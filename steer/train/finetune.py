@@ -16,10 +16,11 @@ saving a result a stock pipeline loads, and the run's checkpoint, log and plots.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -362,3 +363,35 @@ class Timer:
     @property
     def seconds(self) -> float:
         return self.start + time.perf_counter() - self.t0
+
+
+def result_meta(method: str, cfg, compute: Compute, *, reward, base_model: str, prompts: int, t_switch: float | None = None, **extra) -> dict:
+    """``steer_finetune.json``'s contents: method, gate threshold, config and the training compute spent."""
+    return {"method": method, "t_switch": t_switch, **extra, "num_inference_steps": cfg.num_inference_steps, "base_model": base_model,
+            "reward": getattr(reward, "name", type(reward).__name__), "config": asdict(cfg),
+            "compute": {**asdict(compute), "total_nfe": compute.total_nfe}, "prompts": prompts}
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def add_common_arguments(p: argparse.ArgumentParser, reward_help: str) -> None:
+    """The trainers' shared options: model, reward, prompt source, LoRA, seed, device, threads, output."""
+    p.add_argument("--model", required=True, help="shapes-sd, shapes-flow, or a diffusers pipeline folder / hub id")
+    p.add_argument("--reward", default="shapes_clip", help=reward_help)
+    p.add_argument("--reward-kwargs", type=json.loads, default={})
+    p.add_argument("--prompts", type=Path, help="GenEval-style JSONL of training prompts")
+    p.add_argument("--prompt-set", type=int, help="or: make_prompt_set(seed=...) shapes prompts (never the eval seed)")
+    p.add_argument("--per-task", type=int, default=32)
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    p.add_argument("--targets", default="attn_ff", help="LoRA targets: attn, attn_ff, or comma-separated module names")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def parse_targets(text: str) -> str | list[str]:
+    """``--targets``: a named set of :data:`LORA_TARGETS` or comma-separated module names."""
+    return text if text in LORA_TARGETS else text.split(",")

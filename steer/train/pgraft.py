@@ -39,8 +39,10 @@ from typing import Sequence
 
 import torch
 
+from .. import validate
 from ..models.registry import get_adapter
-from .finetune import Compute, ForwardProcess, RunFiles, SegmentGate, Timer, add_lora, denoiser_attr, lora_state, save_result, set_lora_state, shaped_denoising_loss
+from .finetune import (Compute, ForwardProcess, RunFiles, SegmentGate, Timer, add_common_arguments, add_lora, denoiser_attr, lora_state, parse_targets,
+                       result_meta, save_result, set_lora_state, shaped_denoising_loss)
 
 METHODS = ("graft", "pgraft")
 
@@ -78,6 +80,10 @@ class PGraftConfig:
             if self.n_i is None or not 1 <= self.n_i < self.num_inference_steps:
                 raise ValueError(f"N_I = {self.n_i} is outside the schedule: P-GRAFT needs 1 <= N_I < num_inference_steps "
                                  f"({self.num_inference_steps}); N_I counts steps from pure noise (N_I = {self.num_inference_steps} would be GRAFT)")
+        validate.real("eta", self.eta, 0)
+        validate.real("guidance_scale", self.guidance_scale, 0)
+        if validate.real("lr", self.lr) <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.cfg_drop < 1:
             raise ValueError(f"cfg_drop must be in [0, 1), got {self.cfg_drop}")
         parse_rule(self.accept)
@@ -285,11 +291,10 @@ def train(pipe, reward, prompts: Sequence[str], cfg: PGraftConfig, out: str | Pa
     finally:
         denoiser.eval()
     compute.seconds = timer.seconds
-    meta = {"method": cfg.method, "t_switch": t_i if cfg.method == "pgraft" else None, "n_i": cfg.n_i if cfg.method == "pgraft" else None,
-            "num_inference_steps": cfg.num_inference_steps, "base_model": base_model, "reward": getattr(reward, "name", type(reward).__name__),
-            "config": asdict(cfg), "compute": {**asdict(compute), "total_nfe": compute.total_nfe}, "prompts": len(prompts)}
-    gate.remove()
-    pipe.steer_gate = SegmentGate(denoiser, meta["t_switch"])
+    pgraft = cfg.method == "pgraft"
+    meta = result_meta(cfg.method, cfg, compute, reward=reward, base_model=base_model, prompts=len(prompts), t_switch=t_i if pgraft else None,
+                       n_i=cfg.n_i if pgraft else None)
+    pipe.steer_gate = gate  # the result's own gate: the LoRA acts above t_I only (P-GRAFT), everywhere (GRAFT)
     return save_result(pipe, files.out / "final", meta)
 
 
@@ -301,14 +306,9 @@ def main(argv=None) -> None:
     from .noise_aware import load_model, load_prompt_source
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="shapes-sd, shapes-flow, or a diffusers pipeline folder / hub id")
+    add_common_arguments(p, "reward that scores the final images (a steer.rewards name)")
     p.add_argument("--method", choices=METHODS, default="pgraft")
     p.add_argument("--n-i", type=int, default=10, help="P-GRAFT: intermediate schedule position N_I (steps from pure noise)")
-    p.add_argument("--reward", default="shapes_clip", help="reward that scores the final images (a steer.rewards name)")
-    p.add_argument("--reward-kwargs", type=json.loads, default={})
-    p.add_argument("--prompts", type=Path, help="GenEval-style JSONL of training prompts")
-    p.add_argument("--prompt-set", type=int, help="or: make_prompt_set(seed=...) shapes prompts (never the eval seed)")
-    p.add_argument("--per-task", type=int, default=32)
     p.add_argument("--trajectories", type=int, default=8, help="M: samples per prompt per round")
     p.add_argument("--accept", default="top_k:1", help="top_k:K | best_of_n | threshold:X | top_fraction:F")
     p.add_argument("--rounds", type=int, default=1)
@@ -318,25 +318,18 @@ def main(argv=None) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="sampler noise of the trajectories (0: the stock deterministic call)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    p.add_argument("--targets", default="attn_ff", help="LoRA targets: attn, attn_ff, or comma-separated module names")
     p.add_argument("--cfg-drop", type=float, default=0.1, help="caption dropout while training (keeps the unconditional branch in step)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--out", type=Path, required=True)
     p.add_argument("--shared-samples", type=Path, help="file for round 0's samples, shared by runs with the same prompts and sampling settings")
-    p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    targets = a.targets if a.targets in ("attn", "attn_ff") else a.targets.split(",")
+    targets = parse_targets(a.targets)
     try:
         cfg = PGraftConfig(method=a.method, n_i=a.n_i, num_inference_steps=a.steps, guidance_scale=a.guidance, eta=a.eta, trajectories=a.trajectories,
                            accept=a.accept, rounds=a.rounds, train_steps=a.train_steps, batch=a.batch, lr=a.lr, rank=a.rank, targets=targets,
                            cfg_drop=a.cfg_drop, seed=a.seed)
         prompts = load_prompt_source(a.prompts, a.prompt_set, a.per_task)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:
         p.error(str(e))
     pipe = load_model(a.model, a.device)
     reward = get_reward(a.reward, device=a.device, **a.reward_kwargs)
