@@ -5,6 +5,8 @@
     steer bench shapes_baseline --out results/shapes_baseline.json     (needs a source checkout)
     steer train pgraft --model shapes-sd --prompt-set 99 --out runs/pgraft_sd
     steer app --port 7860
+    steer geneval run --metadata evaluation_metadata.jsonl --model PIPELINE --method smc --reward imagereward --out runs/x
+    steer compbench run --prompts-dir T2I-CompBench/examples/dataset --model PIPELINE --out runs/y
 
 ``steer generate`` writes one PNG per prompt (the method's pick; ``--all`` adds every particle) and a JSON
 file beside it with the prompt, the settings, the rewards, the search trace and, on the shapes models,
@@ -94,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}; arguments after NAME go to it unchanged. {extra}")
         s.add_argument("name", metavar="NAME")
         s.add_argument("args", nargs=argparse.REMAINDER, help="arguments for it")
+    for name, text in (("geneval", "GenEval for any pipeline × method: generate, evaluate, run, summary (python -m steer.harness)"),
+                       ("compbench", "T2I-CompBench for any pipeline × method: generate, evaluate, run, summary (python -m steer.harness)"),
+                       ("report", "one table and plot for several benchmark runs (python -m steer.harness report)")):
+        s = sub.add_parser(name, help=text, description=f"{text}; `steer {name} --help` lists its steps and options.")
+        s.add_argument("args", nargs=argparse.REMAINDER)
     s = sub.add_parser("app", help="start the Gradio demo (needs pip install 'steer-diffusion[app]')",
                        description="Start the Gradio demo; arguments go to it (`steer app --help` lists them: --host, --port, --allow PATH ...).")
     s.add_argument("args", nargs=argparse.REMAINDER)
@@ -334,6 +341,10 @@ def main(argv=None) -> int:
             return (bench if argv[0] == "bench" else train)(argv[1], argv[2:])
         if argv and argv[0] == "app":
             return app(argv[1:])
+        if argv and argv[0] in ("geneval", "compbench", "report"):
+            from .harness.cli import main as harness
+
+            return harness(argv)
         a = parser.parse_args(argv)
         if a.command is None:
             parser.print_help()

@@ -109,3 +109,31 @@ def test_summarize_takes_fractional_correctness():
     s = summarize([("single_object", 0.5), ("single_object", 1.0), ("counting", 0.25)])
     assert s["tasks"] == {"single_object": 0.75, "counting": 0.25}
     assert s["overall"] == 0.5 and s["counts"] == {"single_object": 2, "counting": 1}
+
+
+EVERY_TAG = {
+    "single_object": ({"include": [{"class": "bench", "count": 1}]},
+                      [det("bench", (0, 0, 10, 10), 0.5)], [det("chair", (0, 0, 10, 10)), det("bench", (0, 0, 5, 5), 0.2)]),
+    "two_object": ({"include": [{"class": "cup", "count": 1}, {"class": "dog", "count": 1}]},
+                   [det("cup", (0, 0, 5, 5)), det("dog", (9, 9, 20, 20), 0.4)], [det("cup", (0, 0, 5, 5)), det("cup", (9, 9, 20, 20))]),
+    "counting": ({"include": [{"class": "cat", "count": 3}], "exclude": [{"class": "cat", "count": 4}]},
+                 [det("cat", (i, 0, i + 1, 1)) for i in range(3)] + [det("cat", (9, 9, 10, 10), 0.85)],  # 0.85 < 0.9: not counted
+                 [det("cat", (i, 0, i + 1, 1)) for i in range(4)]),
+    "colors": ({"include": [{"class": "car", "count": 1, "color": "blue"}]},
+               [det("car", (0, 0, 5, 5), 0.9, "blue"), det("car", (6, 6, 9, 9), 0.5, "red")],
+               [det("car", (0, 0, 5, 5), 0.9, "red"), det("car", (6, 6, 9, 9), 0.5, "blue")]),  # the top instance decides
+    "position": ({"include": [{"class": "cup", "count": 1}, {"class": "dog", "count": 1, "position": ["above", 0]}]},
+                 [det("cup", (0, 20, 10, 30)), det("dog", (0, 0, 10, 10))], [det("cup", (0, 0, 10, 10)), det("dog", (0, 20, 10, 30))]),
+    "color_attr": ({"include": [{"class": "car", "count": 1, "color": "red"}, {"class": "bench", "count": 1, "color": "green"}]},
+                   [det("car", (0, 0, 5, 5), 0.9, "red"), det("bench", (6, 6, 9, 9), 0.9, "green")],
+                   [det("car", (0, 0, 5, 5), 0.9, "green"), det("bench", (6, 6, 9, 9), 0.9, "red")]),  # colours swapped
+}
+
+
+@pytest.mark.parametrize("tag", list(EVERY_TAG))
+def test_geneval_rules_every_tag_right_and_wrong(tag):
+    clauses, right, wrong = EVERY_TAG[tag]
+    record = validate_metadata({"tag": tag, "prompt": "p", **clauses})
+    assert evaluate_detections(record, right).correct
+    v = evaluate_detections(record, wrong)
+    assert not v.correct and v.reasons and v.tag == tag

@@ -1,0 +1,120 @@
+"""Run summaries as Markdown tables, JSON and reward/score-versus-compute plots across runs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..eval.geneval import TASKS
+from . import files
+
+
+def compute_summary(rows: Sequence[dict]) -> dict:
+    """Compute per image (mean over images) and in all, from the harness's per-image records."""
+    def mean(key):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    peaks = [r["peak_memory_mb"] for r in rows if r.get("peak_memory_mb") is not None]
+    return {
+        "nfe_per_image": mean("nfe"), "reward_calls_per_image": mean("reward_calls"), "seconds_per_image": mean("seconds"),
+        "seconds_total": float(sum(r.get("seconds") or 0 for r in rows)), "peak_memory_mb": max(peaks) if peaks else None,
+        "memory_kind": next((r["memory_kind"] for r in rows if r.get("memory_kind")), None), "reward_mean": mean("reward"),
+    }
+
+
+def _f(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _label(s: dict) -> str:
+    if s["method"] == "none":
+        return "plain"
+    opts = ",".join(f"{k}={v}" for k, v in sorted(s.get("options", {}).items()))
+    return f"{s['method']}×{s['particles']}" + (f" ({opts})" if opts else "")
+
+
+def _compute_cells(s: dict) -> list[str]:
+    mem = s.get("peak_memory_mb")
+    return [_f(s.get("nfe_per_image"), 1), _f(s.get("reward_calls_per_image"), 1), _f(s.get("seconds_per_image"), 2),
+            "–" if mem is None else f"{mem:.0f}", _f(s.get("reward_mean"))]
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+COMPUTE_HEAD = ["NFE/img", "reward calls/img", "s/img", "peak MB", "reward"]
+
+
+def geneval_markdown(summaries: Sequence[dict]) -> str:
+    """GenEval rows: model, method, compute, per-task accuracy, overall."""
+    tasks = [t for t in TASKS if any(t in s["tasks"] for s in summaries)]
+    head = ["model", "method", "seeds", *COMPUTE_HEAD, *tasks, "overall", "images"]
+    rows = []
+    for s in summaries:
+        seeds = s.get("seeds") or []
+        rows.append([s["model"], _label(s), f"{seeds[0]}–{seeds[-1]}" if seeds else "–", *_compute_cells(s),
+                     *[_f(s["tasks"].get(t)) for t in tasks], f"**{_f(s['overall'])}**", f"{s['scored']}/{s['expected']}"])
+    note = f"GenEval by `{summaries[0]['evaluator']}`" if summaries else ""
+    return (note + "\n\n" if note else "") + _table(head, rows)
+
+
+def compbench_markdown(summaries: Sequence[dict]) -> str:
+    """T2I-CompBench rows: model, method, compute, per-category score."""
+    cats = sorted({c for s in summaries for c in s["categories"]})
+    head = ["model", "method", "seeds", *COMPUTE_HEAD, *cats, "images"]
+    rows = [[s["model"], _label(s), f"{s['seeds'][0]}–{s['seeds'][-1]}" if s.get("seeds") else "–", *_compute_cells(s),
+             *[_f(s["categories"].get(c), 4) for c in cats], f"{s['scored']}/{s['expected']}"] for s in summaries]
+    return _table(head, rows)
+
+
+def plot(summaries: Sequence[dict], path: str | Path, score_label: str = "score") -> Path | None:
+    """Two panels against NFE per image: the benchmark score and the optimised reward, one series per model."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plots need matplotlib (pip install steer-diffusion[bench])
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "score", score_label), (axes[1], "reward_mean", "optimised reward (mean of picks)")):
+        for model in dict.fromkeys(s["model"] for s in summaries):
+            pts = sorted((s["nfe_per_image"], s[key], _label(s)) for s in summaries
+                         if s["model"] == model and s.get(key) is not None and s.get("nfe_per_image") is not None and not math.isnan(s[key]))
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", label=model)
+            for x, y, text in pts:
+                ax.annotate(text, (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        ax.set_xscale("log")
+        ax.set_xlabel("NFE per image")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_report(summaries: Sequence[dict], out: str | Path, benchmark: str) -> dict:
+    """``report.json``, ``report.md`` and ``report.png`` in ``out`` for rows of one benchmark."""
+    out = Path(out)
+    md = geneval_markdown(summaries) if benchmark == "geneval" else compbench_markdown(summaries)
+    files.write_json(out / "report.json", list(summaries))
+    files.write_text(out / "report.md", md + "\n")
+    png = plot(summaries, out / "report.png", "GenEval overall" if benchmark == "geneval" else "mean category score")
+    return {"json": str(out / "report.json"), "markdown": str(out / "report.md"), "plot": None if png is None else str(png)}
