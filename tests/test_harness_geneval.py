@@ -101,6 +101,10 @@ def test_geneval_report_across_methods(tmp_path, capsys):
     assert "| shapes-flow | plain |" in md and "| shapes-flow | best_of_n×2 |" in md and "colors" in md
     png = tmp_path / "report" / "report.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    from PIL import Image
+
+    with Image.open(tmp_path / "report" / "sheet_1_best_of_n.png") as sheet:  # 2 tasks × 1 prompt: 2 rows of tiles
+        assert sheet.size == (4 * 128, 2 * (128 + 44))
 
 
 def test_geneval_any_diffusers_pipeline_with_tiny_mask2former_and_clip(tmp_path, tiny_sd_dir, metadata, capsys):

@@ -170,7 +170,7 @@ def load_pipeline(model: str, device: str | torch.device = "cpu", dtype: str | N
             pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else model, **kwargs)
         except (OSError, ValueError) as e:
             raise HarnessError(f"--model {model}: could not load a diffusers pipeline ({str(e).splitlines()[0]}); pass a local folder, or "
-                               f"download it first (huggingface-cli download {model}) on a machine with access to the hub") from e
+                               f"download it first (hf download {model}) on a machine with access to the hub") from e
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -83,6 +83,7 @@ def plot(summaries: Sequence[dict], path: str | Path, score_label: str = "score"
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:  # plots need matplotlib (pip install steer-diffusion[bench])
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -96,6 +97,8 @@ def plot(summaries: Sequence[dict], path: str | Path, score_label: str = "score"
             for x, y, text in pts:
                 ax.annotate(text, (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("NFE per image")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -110,11 +113,59 @@ def plot(summaries: Sequence[dict], path: str | Path, score_label: str = "score"
     return path
 
 
-def write_report(summaries: Sequence[dict], out: str | Path, benchmark: str) -> dict:
-    """``report.json``, ``report.md`` and ``report.png`` in ``out`` for rows of one benchmark."""
+def contact_sheet(summary: dict, path: str | Path, per_group: int = 4, tile: int = 128) -> Path | None:
+    """A grid of a run's images (first image of the first ``per_group`` prompts of each task / category) with
+    prompt and verdict (GenEval) or score (T2I-CompBench), to look at what the numbers count."""
+    import json
+
+    from PIL import Image, ImageDraw
+
+    run = Path(summary["run"])
+    groups: dict[str, list[tuple[Path, str, str]]] = {}
+    if summary["benchmark"] == "geneval":
+        for folder in sorted(p for p in run.iterdir() if p.is_dir() and p.name.isdigit()):
+            image, rec, score = folder / "samples" / "0000.png", folder / "steer" / "0000.json", folder / "steer" / summary["evaluator"] / "0000.json"
+            if image.is_file() and rec.is_file() and score.is_file():
+                r, v = json.loads(rec.read_text()), json.loads(score.read_text())
+                groups.setdefault(r["tag"], []).append((image, r["prompt"], "correct" if v["correct"] else "wrong: " + "; ".join(v["reasons"])))
+    else:
+        for cat in summary["categories"]:
+            for rec in sorted((run / cat / "steer").glob("*.json")):
+                r = json.loads(rec.read_text())
+                score = rec.parent / summary["evaluator"] / rec.name
+                if r["index"] == 0 and score.is_file():
+                    groups.setdefault(cat, []).append((run / cat / "samples" / r["image"], r["prompt"], f"score {json.loads(score.read_text())['score']:.3f}"))
+    if not groups:
+        return None
+    rows = list(groups.items())
+    text_h = 44
+    sheet = Image.new("RGB", (per_group * tile, len(rows) * (tile + text_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (_, items) in enumerate(rows):
+        for j, (image, prompt, verdict) in enumerate(items[:per_group]):
+            x, y = j * tile, i * (tile + text_h)
+            with Image.open(image) as im:
+                sheet.paste(im.convert("RGB").resize((tile, tile)), (x, y))
+            draw.text((x + 2, y + tile + 2), prompt[:24], fill="black")
+            draw.text((x + 2, y + tile + 14), prompt[24:48], fill="black")
+            draw.text((x + 2, y + tile + 27), verdict[:24], fill="darkgreen" if verdict.startswith(("correct", "score")) else "darkred")
+    buf_path = Path(path)
+    files.save_image(buf_path, sheet)
+    return buf_path
+
+
+def write_report(summaries: Sequence[dict], out: str | Path, benchmark: str, sheets: bool = True) -> dict:
+    """``report.json``, ``report.md``, ``report.png`` and a contact sheet per run (``sheet_<n>.png``) in ``out``."""
     out = Path(out)
     md = geneval_markdown(summaries) if benchmark == "geneval" else compbench_markdown(summaries)
     files.write_json(out / "report.json", list(summaries))
     files.write_text(out / "report.md", md + "\n")
     png = plot(summaries, out / "report.png", "GenEval overall" if benchmark == "geneval" else "mean category score")
-    return {"json": str(out / "report.json"), "markdown": str(out / "report.md"), "plot": None if png is None else str(png)}
+    paths = {"json": str(out / "report.json"), "markdown": str(out / "report.md"), "plot": None if png is None else str(png)}
+    if sheets:
+        for n, s in enumerate(summaries):
+            if Path(s["run"]).is_dir():
+                sheet = contact_sheet(s, out / f"sheet_{n}_{Path(s['run']).name}.png")
+                if sheet is not None:
+                    paths[f"sheet_{n}"] = str(sheet)
+    return paths
