@@ -188,3 +188,23 @@ def test_geneval_real_model_search_needs_a_reward(tiny_sd_dir):
     with pytest.raises(HarnessError, match="--reward"):
         GenerationSettings(model=str(tiny_sd_dir), method="smc")
     assert GenerationSettings(model="shapes-sd", method="smc").reward == "shapes_clip"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_geneval_on_cuda_records_cuda_peak_memory(tmp_path):
+    out = tmp_path / "cuda"
+    assert main(["geneval", "run", "--metadata", "shapes", "--per-task", "1", "--tasks", "colors", "--images-per-prompt", "2", "--model", "shapes-sd",
+                 "--method", "smc", "--particles", "4", "--steps", "4", "--device", "cuda", "--no-progress", "--out", str(out)]) == 0
+    s = json.loads((out / "results" / "shapes.json").read_text())
+    assert s["memory_kind"] == "cuda_max_allocated" and s["peak_memory_mb"] > 0 and s["scored"] == 2
+
+
+def test_geneval_steer_command_passes_through(tmp_path, capsys):
+    from steer.cli import main as steer_main
+
+    with pytest.raises(SystemExit) as e:
+        steer_main(["geneval", "run", "--help"])
+    assert e.value.code == 0 and "--metadata" in capsys.readouterr().out
+    assert steer_main(["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--method", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
