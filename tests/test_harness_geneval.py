@@ -208,3 +208,12 @@ def test_geneval_steer_command_passes_through(tmp_path, capsys):
     assert e.value.code == 0 and "--metadata" in capsys.readouterr().out
     assert steer_main(["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--method", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_geneval_seed_schemes(tmp_path):
+    same = GenerationSettings(model="shapes-sd", seed=10)
+    distinct = GenerationSettings(model="shapes-sd", seed=10, distinct_seeds=True)
+    assert same.seeds(7) == [10, 11, 12, 13]  # GenEval: image k of every prompt uses seed + k
+    assert distinct.seeds(7) == [38, 39, 40, 41]  # seed + line · 4 + k
+    jobs = hg.jobs(tmp_path, [(5, TINY[0])], distinct)
+    assert [s.seed for s in jobs[0].slots] == [30, 31, 32, 33]

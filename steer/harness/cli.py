@@ -54,6 +54,8 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a method option (repeatable), e.g. potential=max")
     g.add_argument("--images-per-prompt", type=int, help="images per prompt (GenEval 4, T2I-CompBench 10)")
     g.add_argument("--seed", type=int, default=0, help="image k of every prompt uses seed SEED + k")
+    g.add_argument("--distinct-seeds", action="store_true",
+                   help="image k of prompt i (its line) uses seed SEED + i·images_per_prompt + k, so repeated prompts get fresh images")
     g.add_argument("--batch-size", type=int, default=1, help="images of one prompt made in one call (fixed chunks, so resumed runs match)")
     g.add_argument("--height", type=int)
     g.add_argument("--width", type=int)
@@ -129,7 +131,7 @@ def _settings(a, benchmark: str) -> GenerationSettings:
     settings = GenerationSettings(
         model=a.model, method=a.method, reward=a.reward, particles=a.particles, steps=a.steps, guidance=a.guidance, eta=a.eta, max_nfe=a.max_nfe,
         options=options, images_per_prompt=per_prompt, seed=a.seed, batch_size=a.batch_size, height=a.height, width=a.width,
-        negative_prompt=a.negative_prompt, dtype=a.dtype, scheduler=a.scheduler,
+        negative_prompt=a.negative_prompt, dtype=a.dtype, scheduler=a.scheduler, distinct_seeds=a.distinct_seeds,
     )
     if settings.method != "none":
         from ..pipeline import REWARD_OPTIONS

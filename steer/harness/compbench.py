@@ -34,7 +34,7 @@ def jobs(out: Path, category: str, prompts: Sequence[tuple[int, str]], settings:
     result = []
     for p, prompt in prompts:
         slots = []
-        for k, seed in enumerate(settings.seeds()):
+        for k, seed in enumerate(settings.seeds(p)):
             index = p * settings.images_per_prompt + k
             slots.append(Slot(k, seed, folder / "samples" / cb.image_name(prompt, index), folder / "steer" / f"{index:06d}.json"))
         result.append(Job(prompt, slots, {"category": category, "prompt_index": p}))
@@ -132,7 +132,7 @@ def summary(out: Path, name: str, evaluator_info: dict | None = None) -> dict:
     return {
         "benchmark": "compbench", "evaluator": name, "evaluator_info": evaluator_info or {},
         **{k: st[k] for k in ("model", "method", "reward", "particles", "steps", "guidance", "images_per_prompt", "seed")},
-        "options": st["options"], "seeds": [st["seed"] + k for k in range(st["images_per_prompt"])],
+        "options": st["options"], "seeds": GenerationSettings.from_dict(st).seeds(), "distinct_seeds": st.get("distinct_seeds", False),
         "categories": cats, "score": float(np.mean(list(cats.values()))) if cats else float("nan"),
         "images": len(rows), "scored": scored, "expected": sum(sel["prompt_counts"].values()) * st["images_per_prompt"],
         **compute_summary(rows), "versions": {k: run.get(k) for k in ("steer", "diffusers", "torch")}, "run": str(out),

@@ -32,7 +32,9 @@ class GenerationSettings:
 
     ``method="none"`` calls the unmodified pipeline (the benchmarks' reference numbers); any other name is a
     steer search method (``steer.search.METHODS``) run through :func:`steer.wrap` with ``reward``.
-    ``max_nfe`` is a per-image budget. ``seed``: image ``k`` of every prompt uses seed ``seed + k``.
+    ``max_nfe`` is a per-image budget. ``seed``: image ``k`` of every prompt uses seed ``seed + k`` (the benchmarks'
+    protocol: repeated prompts then give identical images); with ``distinct_seeds`` image ``k`` of prompt ``i`` (its line
+    in the prompt file) uses ``seed + i · images_per_prompt + k``.
     ``scheduler``: a diffusers scheduler class name (e.g. ``DDIMScheduler``) built from the pipeline's scheduler config.
     """
 
@@ -53,6 +55,7 @@ class GenerationSettings:
     negative_prompt: str | None = None
     dtype: str | None = None
     scheduler: str | None = None
+    distinct_seeds: bool = False
 
     def __post_init__(self):
         from ..search import METHODS
@@ -79,8 +82,9 @@ class GenerationSettings:
         if self.dtype not in (None, "float32", "float16", "bfloat16"):
             raise HarnessError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
 
-    def seeds(self) -> list[int]:
-        return [self.seed + k for k in range(self.images_per_prompt)]
+    def seeds(self, prompt_index: int = 0) -> list[int]:
+        first = self.seed + (prompt_index * self.images_per_prompt if self.distinct_seeds else 0)
+        return [first + k for k in range(self.images_per_prompt)]
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

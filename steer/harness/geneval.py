@@ -75,7 +75,7 @@ def jobs(out: Path, selected: list[tuple[int, dict]], settings: GenerationSettin
     result = []
     for i, rec in selected:
         folder = prompt_folder(out, i)
-        slots = [Slot(k, seed, folder / "samples" / f"{k:04d}.png", folder / "steer" / f"{k:04d}.json") for k, seed in enumerate(settings.seeds())]
+        slots = [Slot(k, seed, folder / "samples" / f"{k:04d}.png", folder / "steer" / f"{k:04d}.json") for k, seed in enumerate(settings.seeds(i))]
         result.append(Job(rec["prompt"], slots, {"prompt_index": i, "tag": rec["tag"]}))
     return result
 
@@ -153,7 +153,8 @@ def summary(out: Path, name: str, evaluator_info: dict | None = None) -> dict:
     return {
         "benchmark": "geneval", "evaluator": name, "evaluator_info": evaluator_info or files.read_json(out / "results" / f"{name}.info.json") or {},
         **{k: run["settings"][k] for k in ("model", "method", "reward", "particles", "steps", "guidance", "images_per_prompt", "seed")},
-        "options": run["settings"]["options"], "seeds": [run["settings"]["seed"] + k for k in range(run["settings"]["images_per_prompt"])],
+        "options": run["settings"]["options"], "seeds": GenerationSettings.from_dict(run["settings"]).seeds(),
+        "distinct_seeds": run["settings"].get("distinct_seeds", False),
         "score": result["overall"], "overall": result["overall"], "tasks": result["tasks"], "counts": result["counts"],
         "images": len(rows), "scored": len(scored), "expected": expected, "prompts": len({r["folder"] for r in rows}),
         **compute_summary(rows), "versions": {k: run.get(k) for k in ("steer", "diffusers", "torch")}, "run": str(out),

@@ -39,6 +39,14 @@ def _label(s: dict) -> str:
     return f"{s['method']}×{s['particles']}" + (f" ({opts})" if opts else "")
 
 
+def _seeds(s: dict) -> str:
+    seeds = s.get("seeds") or []
+    if not seeds:
+        return "–"
+    return f"{seeds[0]}–{seeds[-1]}" + (" + 4·line" if s.get("distinct_seeds") and len(seeds) == 4 else
+                                        f" + {len(seeds)}·line" if s.get("distinct_seeds") else "")
+
+
 def _compute_cells(s: dict) -> list[str]:
     mem = s.get("peak_memory_mb")
     return [_f(s.get("nfe_per_image"), 1), _f(s.get("reward_calls_per_image"), 1), _f(s.get("seconds_per_image"), 2),
@@ -60,8 +68,7 @@ def geneval_markdown(summaries: Sequence[dict]) -> str:
     head = ["model", "method", "seeds", *COMPUTE_HEAD, *tasks, "overall", "images"]
     rows = []
     for s in summaries:
-        seeds = s.get("seeds") or []
-        rows.append([s["model"], _label(s), f"{seeds[0]}–{seeds[-1]}" if seeds else "–", *_compute_cells(s),
+        rows.append([s["model"], _label(s), _seeds(s), *_compute_cells(s),
                      *[_f(s["tasks"].get(t)) for t in tasks], f"**{_f(s['overall'])}**", f"{s['scored']}/{s['expected']}"])
     note = f"GenEval by `{summaries[0]['evaluator']}`" if summaries else ""
     return (note + "\n\n" if note else "") + _table(head, rows)
@@ -71,7 +78,7 @@ def compbench_markdown(summaries: Sequence[dict]) -> str:
     """T2I-CompBench rows: model, method, compute, per-category score."""
     cats = sorted({c for s in summaries for c in s["categories"]})
     head = ["model", "method", "seeds", *COMPUTE_HEAD, *cats, "images"]
-    rows = [[s["model"], _label(s), f"{s['seeds'][0]}–{s['seeds'][-1]}" if s.get("seeds") else "–", *_compute_cells(s),
+    rows = [[s["model"], _label(s), _seeds(s), *_compute_cells(s),
              *[_f(s["categories"].get(c), 4) for c in cats], f"{s['scored']}/{s['expected']}"] for s in summaries]
     return _table(head, rows)
 
