@@ -109,7 +109,8 @@ def plot(summaries: Sequence[dict], path: str | Path, score_label: str = "score"
         ax.set_xlabel("NFE per image")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
