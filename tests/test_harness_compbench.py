@@ -74,7 +74,7 @@ def test_compbench_end_to_end_tiny_models(tmp_path, prompts_dir, models, capsys)
     assert s["evaluator_info"] and "transformers" in json.dumps(s["evaluator_info"])
     assert "| reward | color | complex | non_spatial | spatial | images |" in (out / "results" / "compbench.md").read_text()
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
-    assert (tmp_path / "report" / "sheet_0_run.png").is_file() and json.loads((tmp_path / "report" / "report.json").read_text())[0]["scored"] == 24
+    assert (tmp_path / "report" / "sheet_0_run.png").is_file() and json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["scored"] == 24
 
 
 def test_compbench_scores_match_the_evaluator_directly(tmp_path, prompts_dir, models):

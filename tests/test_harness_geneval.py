@@ -94,11 +94,18 @@ def test_geneval_report_across_methods(tmp_path, capsys):
                      "--model", "shapes-flow", "--method", method, *extra, "--steps", "3", "--no-progress", "--out", str(out)]) == 0
         runs.append(out)
     assert main(["report", *map(str, runs), "--out", str(tmp_path / "report")]) == 0
-    rows = json.loads((tmp_path / "report" / "report.json").read_text())
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    rows, pairs = report["runs"], report["paired_vs_first"]
+    assert len(pairs) == 1 and pairs[0]["prompts"] == 2 and pairs[0]["low"] <= pairs[0]["diff"] <= pairs[0]["high"]
+    assert pairs[0]["diff"] == pytest.approx(rows[1]["overall"] - rows[0]["overall"])  # same prompts and seeds: the overall difference
     assert [r["method"] for r in rows] == ["none", "best_of_n"]
     assert rows[0]["nfe_per_image"] == 3 and rows[1]["nfe_per_image"] == 6 and rows[0]["reward_calls_per_image"] == 1
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| shapes-flow | plain |" in md and "| shapes-flow | best_of_n×2 |" in md and "colors" in md
+    assert "| shapes-flow | plain |" in md and "| shapes-flow | best_of_n×2 |" in md and "colors" in md and "95 % paired bootstrap" in md
+    from steer.harness.report import paired_difference
+
+    same = paired_difference(rows[1], rows[1])
+    assert (same["diff"], same["low"], same["high"], same["verdict"]) == (0.0, 0.0, 0.0, "tie")
     png = tmp_path / "report" / "report.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
     from PIL import Image
