@@ -287,7 +287,9 @@ def report(a) -> int:
         if len(found) != 1:
             raise HarnessError(f"{run}: expected one results/<evaluator>.json, found {[p.name for p in found] or 'none'} "
                                "(run `summary` first, or choose one with --evaluator)")
-        summaries.append(files.read_json(found[0]))
+        summary = files.read_json(found[0])
+        summary["run"] = str(run)  # where the run is now (it may have moved since its summary was written)
+        summaries.append(summary)
     kinds = {s["benchmark"] for s in summaries}
     if len(kinds) != 1:
         raise HarnessError(f"runs mix benchmarks ({', '.join(sorted(kinds))}): report one benchmark at a time")

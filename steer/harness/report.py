@@ -162,55 +162,62 @@ def contact_sheet(summary: dict, path: str | Path, per_group: int = 4, tile: int
     return buf_path
 
 
-def per_prompt_scores(summary: dict) -> dict[tuple[str, str], dict[int, float]]:
-    """``{(group, prompt key): {seed: score}}`` of a run: GenEval verdicts (1/0) by task, CompBench scores by category."""
+def per_prompt_scores(summary: dict) -> dict[tuple[str, str], tuple[str, dict[int, float]]]:
+    """``{(group, line): (prompt, {seed: score})}`` of a run: GenEval verdicts (1/0) by task, CompBench scores by category."""
     import json
 
     run, name = Path(summary["run"]), summary["evaluator"]
-    out: dict[tuple[str, str], dict[int, float]] = {}
+    out: dict[tuple[str, str], tuple[str, dict[int, float]]] = {}
     if summary["benchmark"] == "geneval":
         for folder in sorted(p for p in run.iterdir() if p.is_dir() and p.name.isdigit()):
             for rec_path in sorted((folder / "steer").glob("*.json")):
                 score = folder / "steer" / name / rec_path.name
                 if score.is_file():
                     r, v = json.loads(rec_path.read_text()), json.loads(score.read_text())
-                    out.setdefault((r["tag"], folder.name), {})[r["seed"]] = float(v["correct"])
+                    out.setdefault((r["tag"], folder.name), (r["prompt"], {}))[1][r["seed"]] = float(v["correct"])
     else:
         for cat in summary["categories"]:
             for rec_path in sorted((run / cat / "steer").glob("*.json")):
                 score = rec_path.parent / name / rec_path.name
                 if score.is_file():
                     r = json.loads(rec_path.read_text())
-                    out.setdefault((cat, str(r["prompt_index"])), {})[r["seed"]] = json.loads(score.read_text())["score"]
+                    out.setdefault((cat, str(r["prompt_index"])), (r["prompt"], {}))[1][r["seed"]] = json.loads(score.read_text())["score"]
     return out
 
 
 def paired_difference(a: dict, b: dict, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
     """Overall score of run ``a`` minus run ``b`` on the images both have (same prompts and seeds), with a bootstrap
-    interval that resamples prompts within each task / category (the overall is the mean of the group means)."""
+    interval. The overall is the mean of the task (category) means; the bootstrap resamples *distinct prompt texts*
+    within each task, so a prompt listed several times (identical images under the same seeds) counts once."""
     pa, pb = per_prompt_scores(a), per_prompt_scores(b)
-    groups: dict[str, list[float]] = {}
+    clusters: dict[str, dict[str, list[float]]] = {}  # group -> prompt text -> per-line mean differences
     for key in sorted(set(pa) & set(pb)):
-        seeds = sorted(set(pa[key]) & set(pb[key]))
+        seeds = sorted(set(pa[key][1]) & set(pb[key][1]))
         if seeds:
-            groups.setdefault(key[0], []).append(float(np.mean([pa[key][s] - pb[key][s] for s in seeds])))
-    if not groups:
-        return {"diff": float("nan"), "low": float("nan"), "high": float("nan"), "prompts": 0,
+            clusters.setdefault(key[0], {}).setdefault(pa[key][0], []).append(float(np.mean([pa[key][1][s] - pb[key][1][s] for s in seeds])))
+    if not clusters:
+        return {"diff": float("nan"), "low": float("nan"), "high": float("nan"), "prompts": 0, "lines": 0,
                 "note": "no prompt and seed in common: compare runs made with the same prompts and seeds"}
     rng = np.random.default_rng(seed)
-    diffs = {g: np.asarray(v) for g, v in groups.items()}
-    boots = np.mean([d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1) for d in diffs.values()], axis=0)
+    boots = []
+    for prompts in clusters.values():
+        sums = np.asarray([sum(v) for v in prompts.values()])
+        counts = np.asarray([len(v) for v in prompts.values()], dtype=float)
+        idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))
+        boots.append(sums[idx].sum(1) / counts[idx].sum(1))  # task mean over the resampled prompts' lines
+    boots = np.mean(boots, axis=0)
     lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-    diff = float(np.mean([d.mean() for d in diffs.values()]))
+    diff = float(np.mean([np.mean([x for v in prompts.values() for x in v]) for prompts in clusters.values()]))
     verdict = "tie" if lo <= 0 <= hi else ("better" if diff > 0 else "worse")
-    return {"diff": diff, "low": float(lo), "high": float(hi), "prompts": int(sum(len(d) for d in diffs.values())), "verdict": verdict}
+    return {"diff": diff, "low": float(lo), "high": float(hi), "prompts": int(sum(len(p) for p in clusters.values())),
+            "lines": int(sum(len(v) for p in clusters.values() for v in p.values())), "verdict": verdict}
 
 
 def comparison_markdown(summaries: Sequence[dict], pairs: Sequence[dict]) -> str:
     base = summaries[0]
-    rows = [[s["model"], _label(s), f"{p['diff']:+.3f}", f"[{p['low']:+.3f}, {p['high']:+.3f}]", p.get("verdict", "–"), str(p["prompts"])]
-            for s, p in zip(summaries[1:], pairs)]
-    head = ["model", "method", f"Δ score vs {base['model']} {_label(base)}", "95 % paired bootstrap", "verdict", "prompts"]
+    rows = [[s["model"], _label(s), f"{p['diff']:+.3f}", f"[{p['low']:+.3f}, {p['high']:+.3f}]", p.get("verdict", "–"),
+             f"{p['prompts']} ({p.get('lines', p['prompts'])} lines)"] for s, p in zip(summaries[1:], pairs)]
+    head = ["model", "method", f"Δ score vs {base['model']} {_label(base)}", "95 % paired bootstrap", "verdict", "distinct prompts"]
     return _table(head, rows)
 
 
@@ -221,7 +228,8 @@ def write_report(summaries: Sequence[dict], out: str | Path, benchmark: str, she
     pairs = []
     if len(summaries) > 1 and all(Path(s["run"]).is_dir() for s in summaries):
         pairs = [paired_difference(s, summaries[0]) for s in summaries[1:]]
-        md += "\n\nPaired differences against the first run (same prompts and seeds; prompts resampled within each group):\n\n"
+        md += ("\n\nPaired differences against the first run (same prompts and seeds; distinct prompts resampled within each "
+               "task / category):\n\n")
         md += comparison_markdown(summaries, pairs)
     files.write_json(out / "report.json", {"runs": list(summaries), "paired_vs_first": pairs})
     files.write_text(out / "report.md", md + "\n")
