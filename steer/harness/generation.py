@@ -306,7 +306,11 @@ def check_run_settings(out: Path, settings: GenerationSettings, what: str, selec
     if old is not None:
         if old.get("benchmark") != what:
             raise HarnessError(f"{out} holds a {old.get('benchmark')} run, not {what}: choose another --out")
-        before = {**old["settings"], **old.get("selection", {})}
+        try:  # settings added in later versions take their defaults
+            old_settings = GenerationSettings.from_dict(old["settings"]).to_dict()
+        except (HarnessError, TypeError, KeyError):
+            old_settings = old["settings"]
+        before = {**old_settings, **old.get("selection", {})}
         now = {**mine["settings"], **selection}
         diff = [k for k in set(before) | set(now) if before.get(k) != now.get(k)]
         if diff:
