@@ -106,6 +106,8 @@ def test_geneval_report_across_methods(tmp_path, capsys):
 
     same = paired_difference(rows[1], rows[1])
     assert (same["diff"], same["low"], same["high"], same["verdict"]) == (0.0, 0.0, 0.0, "tie")
+    other = paired_difference({**rows[1], "distinct_seeds": True}, rows[0])
+    assert other["verdict"] == "not paired" and "other seeds" in other["note"]
     png = tmp_path / "report" / "report.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
     from PIL import Image

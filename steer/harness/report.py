@@ -39,6 +39,11 @@ def _label(s: dict) -> str:
     return f"{s['method']}×{s['particles']}" + (f" ({opts})" if opts else "")
 
 
+def _name(s: dict) -> str:
+    """The method label, marked when the run used distinct seeds per prompt line."""
+    return _label(s) + (" (distinct seeds)" if s.get("distinct_seeds") else "")
+
+
 def _seeds(s: dict) -> str:
     seeds = s.get("seeds") or []
     if not seeds:
@@ -96,7 +101,7 @@ def plot(summaries: Sequence[dict], path: str | Path, score_label: str = "score"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((axes[0], "score", score_label), (axes[1], "reward_mean", "optimised reward (mean of picks)")):
         for model in dict.fromkeys(s["model"] for s in summaries):
-            pts = sorted((s["nfe_per_image"], s[key], _label(s)) for s in summaries
+            pts = sorted((s["nfe_per_image"], s[key], _name(s)) for s in summaries
                          if s["model"] == model and s.get(key) is not None and s.get("nfe_per_image") is not None and not math.isnan(s[key]))
             if not pts:
                 continue
@@ -104,7 +109,10 @@ def plot(summaries: Sequence[dict], path: str | Path, score_label: str = "score"
             for x, y, text in pts:
                 ax.annotate(text, (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ticks = sorted({s["nfe_per_image"] for s in summaries if s.get("nfe_per_image")})
+        if ticks:
+            ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("NFE per image")
         ax.set_ylabel(label)
@@ -189,6 +197,9 @@ def paired_difference(a: dict, b: dict, n_boot: int = 10_000, seed: int = 0, lev
     """Overall score of run ``a`` minus run ``b`` on the images both have (same prompts and seeds), with a bootstrap
     interval. The overall is the mean of the task (category) means; the bootstrap resamples *distinct prompt texts*
     within each task, so a prompt listed several times (identical images under the same seeds) counts once."""
+    if (a.get("seeds"), a.get("distinct_seeds", False)) != (b.get("seeds"), b.get("distinct_seeds", False)):
+        return {"diff": float("nan"), "low": float("nan"), "high": float("nan"), "prompts": 0, "lines": 0, "verdict": "not paired",
+                "note": "the runs used other seeds: compare runs made with the same prompts and seeds"}
     pa, pb = per_prompt_scores(a), per_prompt_scores(b)
     clusters: dict[str, dict[str, list[float]]] = {}  # group -> prompt text -> per-line mean differences
     for key in sorted(set(pa) & set(pb)):
@@ -215,8 +226,9 @@ def paired_difference(a: dict, b: dict, n_boot: int = 10_000, seed: int = 0, lev
 
 def comparison_markdown(summaries: Sequence[dict], pairs: Sequence[dict]) -> str:
     base = summaries[0]
-    rows = [[s["model"], _label(s), f"{p['diff']:+.3f}", f"[{p['low']:+.3f}, {p['high']:+.3f}]", p.get("verdict", "–"),
-             f"{p['prompts']} ({p.get('lines', p['prompts'])} lines)"] for s, p in zip(summaries[1:], pairs)]
+    rows = [[s["model"], _name(s),
+             "–" if math.isnan(p["diff"]) else f"{p['diff']:+.3f}", "–" if math.isnan(p["low"]) else f"[{p['low']:+.3f}, {p['high']:+.3f}]",
+             p.get("verdict", "–"), f"{p['prompts']} ({p.get('lines', p['prompts'])} lines)"] for s, p in zip(summaries[1:], pairs)]
     head = ["model", "method", f"Δ score vs {base['model']} {_label(base)}", "95 % paired bootstrap", "verdict", "distinct prompts"]
     return _table(head, rows)
 
