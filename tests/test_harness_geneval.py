@@ -73,7 +73,7 @@ def test_geneval_layout_and_shapes_summary(tmp_path, capsys):
     assert set(s["tasks"]) == {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
     assert s["overall"] == pytest.approx(sum(s["tasks"].values()) / 6)
     assert (s["method"], s["particles"], s["seeds"], s["options"], s["nfe_per_image"]) == ("smc", 2, [5, 6], {"potential": "max"}, 8)
-    assert s["peak_memory_mb"] > 0 and s["seconds_total"] > 0 and s["scored"] == s["expected"] == 12
+    assert s["peak_memory_mb"] > 0 and s["seconds_total"] > 0 and s["scored"] == s["expected"] == 12 and s["devices"] == ["cpu"]
     # the verdicts are the shapes evaluator's on the saved images
     from PIL import Image
 

@@ -12,7 +12,6 @@ Layout per category (the benchmark's file names, so its own scripts read ``sampl
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -54,21 +53,14 @@ def selection(prompts_dir: str | Path, categories: Sequence[str], limit: int | N
 def generate(out: Path, prompts_dir: str | Path, categories: Sequence[str], settings: GenerationSettings, *, limit: int | None = None,
              shard: Shard = Shard(), device: str = "cpu", progress: bool = True, maker=None) -> dict:
     """Generate this shard's missing images (creates or resumes ``out``)."""
-    from .generation import ImageMaker, check_run_settings
-    from .generation import generate as run_jobs
+    from .generation import check_run_settings, make_missing
 
     chosen = selection(prompts_dir, categories, limit)
     out.mkdir(parents=True, exist_ok=True)
     check_run_settings(out, settings, "compbench", {"prompts_dir": str(prompts_dir), "categories": list(categories), "limit": limit,
                                                     "prompt_counts": {c: len(v) for c, v in chosen.items()}})
     work = shard.take([j for c, ps in chosen.items() for j in jobs(out, c, ps, settings)])
-    if all(s.done for j in work for s in j.slots):
-        return {"made": 0, "skipped": sum(len(j.slots) for j in work)}
-    maker = maker or ImageMaker(settings, device)
-    t0 = time.perf_counter()
-    counts = run_jobs(work, maker, settings.batch_size, progress)
-    counts["seconds"] = round(time.perf_counter() - t0, 2)
-    return counts
+    return make_missing(work, settings, device, progress, maker)
 
 
 def _records(out: Path, category: str) -> list[tuple[Path, dict]]:

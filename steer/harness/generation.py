@@ -201,6 +201,7 @@ class ImageMaker:
             import diffusers
 
             self.pipe.scheduler = getattr(diffusers, settings.scheduler).from_config(self.pipe.scheduler.config)
+        self.device_name = (f"{self.device} ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else str(self.device))
         self.reward = None
         if settings.method == "none":
             self.steered = None
@@ -255,7 +256,7 @@ class ImageMaker:
         for j, (image, seed) in enumerate(zip(images, seeds)):
             info = {
                 "seed": int(seed), "reward": rewards[j], "nfe": nfe / k, "reward_calls": reward_calls / k, "seconds": round(seconds / k, 4),
-                "peak_memory_mb": round(memory, 1), "memory_kind": memory_kind, "batch": k,
+                "peak_memory_mb": round(memory, 1), "memory_kind": memory_kind, "batch": k, "device": self.device_name,
             }
             if trace is not None:
                 info["trace"] = {key: v for key, v in trace.to_dict().items() if key in ("nfe", "reward_calls", "verifier_calls", "backward_nfe",
@@ -296,6 +297,18 @@ def generate(jobs: Iterable[Job], maker: Callable[[str, Sequence[int]], list[tup
                     if "reward" in info and info["reward"] is not None:
                         bar.set_postfix(reward=f"{info['reward']:.3f}")
     return {"made": made, "skipped": skipped}
+
+
+def make_missing(work: list[Job], settings: GenerationSettings, device: str | torch.device = "cpu", progress: bool = True,
+                 maker=None) -> dict:
+    """Generate the jobs' missing slots, loading the pipeline only when something is missing; counts and seconds."""
+    if all(s.done for j in work for s in j.slots):
+        return {"made": 0, "skipped": sum(len(j.slots) for j in work)}
+    maker = maker or ImageMaker(settings, device)
+    t0 = time.perf_counter()
+    counts = generate(work, maker, settings.batch_size, progress)
+    counts["seconds"] = round(time.perf_counter() - t0, 2)
+    return counts
 
 
 def check_run_settings(out: Path, settings: GenerationSettings, what: str, selection: dict) -> None:

@@ -16,7 +16,6 @@ names as a full run.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -173,8 +172,7 @@ def write_summary(out: Path, name: str, evaluator_info: dict | None = None) -> d
 def generate(out: Path, metadata: str | Path, settings: GenerationSettings, *, per_task: int | None = None, tasks: Sequence[str] | None = None,
              shard: Shard = Shard(), device: str = "cpu", progress: bool = True, maker=None) -> dict:
     """Generate this shard's missing images of a GenEval run (creates or resumes ``out``)."""
-    from .generation import ImageMaker, check_run_settings
-    from .generation import generate as run_jobs
+    from .generation import check_run_settings, make_missing
 
     records = load_metadata(metadata_path(metadata))
     selected = select(records, per_task, tasks)
@@ -184,10 +182,4 @@ def generate(out: Path, metadata: str | Path, settings: GenerationSettings, *, p
     mine = shard.take(selected)
     write_metadata(out, mine)
     work = jobs(out, mine, settings)
-    if all(s.done for j in work for s in j.slots):
-        return {"made": 0, "skipped": sum(len(j.slots) for j in work)}
-    maker = maker or ImageMaker(settings, device)
-    t0 = time.perf_counter()
-    counts = run_jobs(work, maker, settings.batch_size, progress)
-    counts["seconds"] = round(time.perf_counter() - t0, 2)
-    return counts
+    return make_missing(work, settings, device, progress, maker)

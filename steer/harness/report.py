@@ -23,6 +23,7 @@ def compute_summary(rows: Sequence[dict]) -> dict:
         "nfe_per_image": mean("nfe"), "reward_calls_per_image": mean("reward_calls"), "seconds_per_image": mean("seconds"),
         "seconds_total": float(sum(r.get("seconds") or 0 for r in rows)), "peak_memory_mb": max(peaks) if peaks else None,
         "memory_kind": next((r["memory_kind"] for r in rows if r.get("memory_kind")), None), "reward_mean": mean("reward"),
+        "devices": sorted({r["device"] for r in rows if r.get("device")}),
     }
 
 
