@@ -316,3 +316,6 @@ def main(argv=None) -> int:
     except (HarnessError, MetadataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: every finished image and score is saved; run the same command again to resume", file=sys.stderr)
+        return 130
