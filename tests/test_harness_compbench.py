@@ -32,6 +32,8 @@ def prompts_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("compbench")
     for cat, lines in PROMPTS.items():
         (folder / f"{cat}_val.txt").write_text("\n".join(lines))  # no trailing newline, like the benchmark's files
+    (folder / "complex_val_spatial.txt").write_text(PROMPTS["complex"][0] + "\n")
+    (folder / "complex_val_action.txt").write_text("a dog is sleeping\n")
     return folder
 
 
@@ -72,6 +74,19 @@ def test_compbench_end_to_end_tiny_models(tmp_path, prompts_dir, models, capsys)
     assert set(s["categories"]) == set(PROMPTS) and s["scored"] == s["expected"] == 24
     assert 0 < s["categories"]["color"] < 1 and -1 <= s["categories"]["non_spatial"] <= 1
     assert s["evaluator_info"] and "transformers" in json.dumps(s["evaluator_info"])
+    # the complex subset lists beside the prompts decide which parts the 3-in-1 score averages
+    assert s["evaluator_info"]["complex_subsets"] == [str(prompts_dir / "complex_val_action.txt"), str(prompts_dir / "complex_val_spatial.txt")]
+    from PIL import Image
+
+    from steer.eval.compbench import load_compbench_evaluator
+
+    ev = load_compbench_evaluator(blip=models["blip"], clip=models["clip"], clip_pretrained=None, spacy_model=models["spacy"],
+                                  detector=lambda images: [[] for _ in images])
+    rec = json.loads((out / "complex" / "steer" / "000000.json").read_text())  # "a red car on the left of a blue bench": spatial subset
+    with Image.open(out / "complex" / "samples" / rec["image"]) as im:
+        blip = ev.evaluate("color", [im.convert("RGB")], [rec["prompt"]])[0]
+    stored = json.loads((out / "complex" / "steer" / "compbench" / "000000.json").read_text())["score"]
+    assert stored == pytest.approx((blip + 0.0) / 2, abs=1e-5)  # BLIP and spatial only (nothing detected: spatial 0)
     assert "| reward | color | complex | non_spatial | spatial | images |" in (out / "results" / "compbench.md").read_text()
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "sheet_0_run.png").is_file() and json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["scored"] == 24

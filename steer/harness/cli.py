@@ -211,11 +211,23 @@ class _LazyDetector:
         return self._detector(images)
 
 
+COMPLEX_SUBSETS = {"spatial_prompts": "complex_val_spatial.txt", "action_prompts": "complex_val_action.txt"}
+
+
 def _compbench_evaluator(a, device: str):
     from ..eval.compbench import load_compbench_evaluator
 
-    return load_compbench_evaluator(blip=a.blip, clip=a.clip, clip_pretrained=a.clip_pretrained or None, detector=_LazyDetector(a.detector, device),
-                                    spacy_model=a.spacy_model, device=device), a.evaluator_name
+    ev = load_compbench_evaluator(blip=a.blip, clip=a.clip, clip_pretrained=a.clip_pretrained or None, detector=_LazyDetector(a.detector, device),
+                                  spacy_model=a.spacy_model, device=device)
+    # the 3-in-1 score averages two parts for the benchmark's spatial / action subsets of complex prompts, when their lists are at hand
+    folder = Path((files.read_json(a.out / "run.json") or {}).get("selection", {}).get("prompts_dir", ""))
+    found = {k: folder / name for k, name in COMPLEX_SUBSETS.items() if (folder / name).is_file()}
+    if len(found) == len(COMPLEX_SUBSETS):
+        ev.complex_kwargs = {k: [line for line in p.read_text().splitlines() if line.strip()] for k, p in found.items()}
+    info = ev.info
+    ev.info = lambda: {**info(), "complex_subsets": sorted(str(p) for p in found.values()) if ev.complex_kwargs else
+                       "none found: every complex prompt averages all three parts"}
+    return ev, a.evaluator_name
 
 
 def _free(device: str) -> None:
