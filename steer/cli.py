@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g.add_argument("prompt", nargs="*", help="prompts (or use --prompts FILE.jsonl)")
     g.add_argument("--prompts", type=Path, metavar="JSONL", help='a JSONL file of prompts, one {"prompt": ...} object per line (GenEval records work)')
-    g.add_argument("--model", default="shapes-sd", help="shapes-sd, shapes-flow (the shipped shapes models) or a local diffusers pipeline folder")
+    g.add_argument("--model", default="shapes-sd", help="shapes-sd, shapes-flow (the shipped shapes models), a local diffusers pipeline folder or a hub id")
     g.add_argument("--method", default="smc", choices=_method_names(), metavar="METHOD", help=f"search method: {', '.join(_method_names())}")
     g.add_argument("--reward", default="shapes_clip", help="reward name (steer.rewards.available_rewards()) or noise_aware:PATH")
     g.add_argument("--particles", type=int, default=4, help="particles (candidates) per prompt")
@@ -167,31 +167,24 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:60] or "prompt"
 
 
+def _check_model(name: str) -> None:
+    """shapes-sd / shapes-flow, a diffusers pipeline folder, or a hub id (owner/name, not an existing path)."""
+    path = Path(name).expanduser()
+    hub_id = not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+    if name not in SHAPES_MODELS and not (path / "model_index.json").is_file() and not hub_id:
+        raise UsageError(f"steer generate: error: --model {name}: not shapes-sd, shapes-flow, a diffusers pipeline folder "
+                         "(no model_index.json) or a hub id (owner/name)")
+
+
 def load_model(name: str, device: str):
-    from diffusers.utils import logging as dlogging
+    """The pipeline ``--model`` names (see :func:`steer.harness.load_pipeline`), progress bars off."""
+    from .harness import HarnessError, load_pipeline
 
-    dlogging.disable_progress_bar()  # stderr keeps only what matters (errors are one line)
+    _check_model(name)
     try:
-        from transformers.utils import logging as tlogging
-
-        tlogging.disable_progress_bar()
-    except ImportError:
-        pass
-    if name == "shapes-sd":
-        from .shapes import load_pipeline as load
-    elif name == "shapes-flow":
-        from .shapes import load_flow_pipeline as load
-    else:
-        path = Path(name).expanduser()
-        if not (path / "model_index.json").is_file():
-            raise UsageError(f"steer generate: error: --model {name}: not shapes-sd, shapes-flow or a diffusers pipeline folder (no model_index.json)")
-        from diffusers import DiffusionPipeline
-
-        def load():
-            return DiffusionPipeline.from_pretrained(str(path))
-    pipe = load()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+        return load_pipeline(name, device)
+    except HarnessError as e:
+        raise UsageError(f"steer generate: error: {e}") from None
 
 
 def generate(a) -> int:
@@ -215,8 +208,7 @@ def generate(a) -> int:
 
     if a.reward.lower() not in available_rewards() and not a.reward.lower().startswith("noise_aware:"):
         raise UsageError(f"steer generate: error: unknown reward {a.reward!r}; known rewards: {', '.join(available_rewards())}")
-    if a.model not in SHAPES_MODELS and not (Path(a.model).expanduser() / "model_index.json").is_file():
-        raise UsageError(f"steer generate: error: --model {a.model}: not shapes-sd, shapes-flow or a diffusers pipeline folder (no model_index.json)")
+    _check_model(a.model)
     import torch
 
     import steer

@@ -111,3 +111,13 @@ def test_console_script_and_app_help():
     assert r.returncode == 0 and "--allow" in r.stdout and "127.0.0.1" in r.stdout
     r = subprocess.run([sys.executable, "-m", "steer", "generate", "x", "--particles", "-3"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == "steer generate: error: --particles must be >= 1, got -3"
+
+
+def test_generate_model_names_hub_ids_too(tmp_path):
+    from steer.cli import UsageError, _check_model
+
+    _check_model("stabilityai/sd-turbo")  # a hub id goes to from_pretrained (cached weights, or the hub)
+    _check_model("shapes-flow")
+    for bad in ("no model", str(tmp_path)):  # not an id, or a folder without model_index.json
+        with pytest.raises(UsageError, match="hub id"):
+            _check_model(bad)
