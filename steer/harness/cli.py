@@ -141,8 +141,6 @@ def _settings(a, benchmark: str) -> GenerationSettings:
             get_method(settings.method, **{k: v for k, v in options.items() if k not in REWARD_OPTIONS})
         except (ValueError, TypeError) as e:
             raise HarnessError(f"--option: {e}") from None
-    elif options:
-        raise HarnessError("--option sets a steer method's options; --method none (the plain pipeline) takes none")
     return settings
 
 

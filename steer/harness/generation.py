@@ -66,6 +66,8 @@ class GenerationSettings:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < lo):
                 raise HarnessError(f"{name} must be an integer >= {lo}, got {value!r}")
+        if self.method == "none" and (self.max_nfe is not None or self.eta is not None or self.options):
+            raise HarnessError("--max-nfe, --eta and --option set a steer method's search; --method none (the plain pipeline) takes none of them")
         if self.method != "none" and self.reward is None:
             if self.model in SHAPES_MODELS:
                 self.reward = "shapes_clip"
