@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from steer.harness import compbench as hc
 from steer.harness.cli import main
@@ -19,12 +18,7 @@ PROMPTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +113,7 @@ def test_compbench_resume_skips_done_and_bad_input(tmp_path, prompts_dir, capsys
     assert "generated 1 images, 1 already there" in capsys.readouterr().out
     assert main([*args[:5], "colour", *args[6:]]) == 2
     assert "unknown T2I-CompBench category colour" in capsys.readouterr().err
+    assert main([*args, "--limit", "0"]) == 2 and "--limit must be >= 1" in capsys.readouterr().err
     assert main(["compbench", "run", "--prompts-dir", str(tmp_path / "none"), "--categories", "color", "--model", "shapes-sd", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "none") in err and err.count("\n") == 1

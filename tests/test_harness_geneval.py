@@ -25,12 +25,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +181,9 @@ def test_geneval_official_metadata_selection():
     (["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--images-per-prompt", "0"], "images_per_prompt must be"),
     (["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--shard", "2/2"], "shard 2/2"),
     (["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--scheduler", "DDIM"], "unknown scheduler 'DDIM'"),
+    (["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--per-task", "0"], "--per-task must be >= 1"),
+    (["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--eval-batch", "0"], "--eval-batch must be >= 1"),
+    (["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--threads", "0"], "--threads must be >= 1"),
     (["geneval", "evaluate"], "--out"),
     (["report", "nowhere"], "--out"),
 ])

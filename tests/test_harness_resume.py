@@ -80,6 +80,8 @@ def test_resume_refuses_other_settings(tmp_path, capsys):
     assert main([*base[:-2], "--steps", "3", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "other settings" in err and "steps: 2 → 3" in err
+    assert main(["geneval", "summary", "--out", str(out), "--evaluator", "shape"]) == 2  # a misspelt evaluator, not an empty summary
+    assert "use shapes or mask2former" in capsys.readouterr().err
 
 
 def test_resume_sharded_runs_merge_into_one_summary(tmp_path, capsys):

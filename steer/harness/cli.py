@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from . import compbench, files, geneval
-from .generation import GenerationSettings, HarnessError, Shard
+from .generation import SHAPES_MODELS, GenerationSettings, HarnessError, Shard, read_run
 
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 
@@ -179,19 +179,23 @@ class _Dist:
             self.state.wait_for_everyone()
 
 
-def _geneval_evaluator(a, out: Path, device: str):
-    name = a.evaluator
-    if name is None:
-        run = files.read_json(out / "run.json") or {}
-        name = "shapes" if run.get("settings", {}).get("model") in ("shapes-sd", "shapes-flow") else "mask2former"
-    if name == "shapes":
-        return geneval.ShapesEvaluator(), "shapes"
-    if name != "mask2former":
+def _evaluator_name(a, run: dict) -> str:
+    """The evaluator whose scores a step writes or reads: --evaluator (GenEval; shapes for the shapes models,
+    else mask2former) or --evaluator-name (T2I-CompBench)."""
+    if a.benchmark == "compbench":
+        return a.evaluator_name
+    name = a.evaluator or ("shapes" if run["settings"]["model"] in SHAPES_MODELS else "mask2former")
+    if name not in ("shapes", "mask2former"):
         raise HarnessError(f"--evaluator {name!r}: use shapes or mask2former")
+    return name
+
+
+def _geneval_evaluator(a, name: str, device: str):
+    if name == "shapes":
+        return geneval.ShapesEvaluator()
     from ..eval.detectors import load_geneval_evaluator
 
-    ev = load_geneval_evaluator(detector=a.detector, clip=a.clip, clip_pretrained=a.clip_pretrained or None, device=device)
-    return ev, "mask2former"
+    return load_geneval_evaluator(detector=a.detector, clip=a.clip, clip_pretrained=a.clip_pretrained or None, device=device)
 
 
 class _LazyDetector:
@@ -212,20 +216,20 @@ class _LazyDetector:
 COMPLEX_SUBSETS = {"spatial_prompts": "complex_val_spatial.txt", "action_prompts": "complex_val_action.txt"}
 
 
-def _compbench_evaluator(a, device: str):
+def _compbench_evaluator(a, run: dict, device: str):
     from ..eval.compbench import load_compbench_evaluator
 
     ev = load_compbench_evaluator(blip=a.blip, clip=a.clip, clip_pretrained=a.clip_pretrained or None, detector=_LazyDetector(a.detector, device),
                                   spacy_model=a.spacy_model, device=device)
     # the 3-in-1 score averages two parts for the benchmark's spatial / action subsets of complex prompts, when their lists are at hand
-    folder = Path((files.read_json(a.out / "run.json") or {}).get("selection", {}).get("prompts_dir", ""))
+    folder = Path(run["selection"]["prompts_dir"])
     found = {k: folder / name for k, name in COMPLEX_SUBSETS.items() if (folder / name).is_file()}
     if len(found) == len(COMPLEX_SUBSETS):
         ev.complex_kwargs = {k: [line for line in p.read_text().splitlines() if line.strip()] for k, p in found.items()}
     info = ev.info
     ev.info = lambda: {**info(), "complex_subsets": sorted(str(p) for p in found.values()) if ev.complex_kwargs else
                        "none found: every complex prompt averages all three parts"}
-    return ev, a.evaluator_name
+    return ev
 
 
 def _free(device: str) -> None:
@@ -236,9 +240,18 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def _check_counts(a) -> None:
+    """Count options of the step (the generation settings check their own) are whole numbers >= 1."""
+    for flag in ("threads", "eval_batch", "per_task", "limit"):
+        value = getattr(a, flag, None)
+        if value is not None and value < 1:
+            raise HarnessError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+
+
 def run_benchmark(a) -> int:
     import torch
 
+    _check_counts(a)
     if a.threads:
         torch.set_num_threads(a.threads)
     dist = _Dist(a)
@@ -257,11 +270,10 @@ def run_benchmark(a) -> int:
         dist.barrier()  # every shard's images exist before any shard evaluates
         if a.step == "generate":
             return 0
-    if not (a.out / "run.json").is_file():
-        raise HarnessError(f"{a.out} has no run.json: run `generate` (or `run`) into it first")
-    name, info = None, None
+    run = read_run(a.out)
+    name, info = _evaluator_name(a, run), None
     if a.step in ("evaluate", "run"):
-        evaluator, name = _geneval_evaluator(a, a.out, dist.device) if a.benchmark == "geneval" else _compbench_evaluator(a, dist.device)
+        evaluator = _geneval_evaluator(a, name, dist.device) if a.benchmark == "geneval" else _compbench_evaluator(a, run, dist.device)
         info = evaluator.info()
         if dist.main:
             files.write_json(a.out / "results" / f"{name}.info.json", info)
@@ -269,9 +281,6 @@ def run_benchmark(a) -> int:
         print(f"[shard {dist.shard.index}/{dist.shard.count}] scored {done['scored']} images by {name}", flush=True)
         del evaluator
         _free(dist.device)
-    if name is None:
-        name = (a.evaluator or ("shapes" if (files.read_json(a.out / "run.json") or {}).get("settings", {}).get("model", "").startswith("shapes-")
-                                else "mask2former")) if a.benchmark == "geneval" else a.evaluator_name
     dist.barrier()
     if dist.main:
         info = info or files.read_json(a.out / "results" / f"{name}.info.json")

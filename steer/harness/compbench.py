@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from . import files
-from .generation import GenerationSettings, HarnessError, Job, Shard, Slot
+from .generation import GenerationSettings, HarnessError, Job, Shard, Slot, read_run
 
 
 def _cb():
@@ -72,9 +72,7 @@ def evaluate(out: Path, evaluator, name: str, shard: Shard = Shard(), batch_size
     from PIL import Image
     from tqdm.auto import tqdm
 
-    run = files.read_json(out / "run.json")
-    if run is None:
-        raise HarnessError(f"{out} has no run.json: generate into it first")
+    run = read_run(out)
     todo, offset = [], 0
     for category in run["selection"]["categories"]:
         base, offset = offset, offset + run["selection"]["prompt_counts"][category]
@@ -104,11 +102,9 @@ def evaluate(out: Path, evaluator, name: str, shard: Shard = Shard(), batch_size
 
 def summary(out: Path, name: str, evaluator_info: dict | None = None) -> dict:
     """Per-category mean score by evaluator ``name`` and compute per image."""
-    from .report import compute_summary
+    from .report import run_fields
 
-    run = files.read_json(out / "run.json")
-    if run is None:
-        raise HarnessError(f"{out} has no run.json: it is not a harness run folder (generate into it first)")
+    run = read_run(out)
     st, sel = run["settings"], run["selection"]
     rows, cats, scored = [], {}, 0
     for category in sel["categories"]:
@@ -123,11 +119,9 @@ def summary(out: Path, name: str, evaluator_info: dict | None = None) -> dict:
             cats[category] = float(np.mean(values))
     return {
         "benchmark": "compbench", "evaluator": name, "evaluator_info": evaluator_info or {},
-        **{k: st[k] for k in ("model", "method", "reward", "particles", "steps", "guidance", "images_per_prompt", "seed")},
-        "options": st["options"], "seeds": GenerationSettings.from_dict(st).seeds(), "distinct_seeds": st.get("distinct_seeds", False),
         "categories": cats, "score": float(np.mean(list(cats.values()))) if cats else float("nan"),
         "images": len(rows), "scored": scored, "expected": sum(sel["prompt_counts"].values()) * st["images_per_prompt"],
-        **compute_summary(rows), "versions": {k: run.get(k) for k in ("steer", "diffusers", "torch")}, "run": str(out),
+        **run_fields(run, out, rows),
     }
 
 

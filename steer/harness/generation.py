@@ -313,6 +313,14 @@ def make_missing(work: list[Job], settings: GenerationSettings, device: str | to
     return counts
 
 
+def read_run(out: Path) -> dict:
+    """The run folder's ``run.json``; a named error when ``out`` is not a harness run folder."""
+    run = files.read_json(Path(out) / "run.json")
+    if run is None:
+        raise HarnessError(f"{out} has no run.json: it is not a harness run folder (run `generate` or `run` into it first)")
+    return run
+
+
 def check_run_settings(out: Path, settings: GenerationSettings, what: str, selection: dict) -> None:
     """Write ``run.json`` or check that an existing one (a run being resumed) has the same settings and prompts."""
     path = out / "run.json"

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from ..eval.geneval import TASKS, Verdict, load_metadata, summarize
 from . import files
-from .generation import GenerationSettings, HarnessError, Job, Shard, Slot
+from .generation import GenerationSettings, HarnessError, Job, Shard, Slot, read_run
 
 SHAPES_METADATA = "shapes"
 
@@ -96,8 +96,8 @@ def evaluate(out: Path, evaluator: Callable, name: str, shard: Shard = Shard(), 
     from PIL import Image
     from tqdm.auto import tqdm
 
-    run = files.read_json(out / "run.json") or {}
-    position = {i: n for n, i in enumerate(run.get("selection", {}).get("prompt_indices", []))}  # stable, whatever exists yet
+    run = read_run(out)
+    position = {i: n for n, i in enumerate(run["selection"]["prompt_indices"])}  # stable, whatever exists yet
     todo = []
     for folder in prompt_folders(out):
         if not shard.owns(position.get(int(folder.name), int(folder.name))):
@@ -124,10 +124,9 @@ def evaluate(out: Path, evaluator: Callable, name: str, shard: Shard = Shard(), 
     return {"scored": done}
 
 
-def collect(out: Path, name: str) -> tuple[list[dict], int]:
+def collect(out: Path, name: str, run: dict) -> tuple[list[dict], int]:
     """Every image record with its verdict by ``name`` (``correct`` None when not scored yet), and the expected count."""
-    run = files.read_json(out / "run.json") or {}
-    expected = len(run.get("selection", {}).get("prompt_indices", [])) * run.get("settings", {}).get("images_per_prompt", 0)
+    expected = len(run["selection"]["prompt_indices"]) * run["settings"]["images_per_prompt"]
     rows = []
     for folder in prompt_folders(out):
         for rec_path in sorted((folder / "steer").glob("*.json")):
@@ -141,22 +140,17 @@ def collect(out: Path, name: str) -> tuple[list[dict], int]:
 
 def summary(out: Path, name: str, evaluator_info: dict | None = None) -> dict:
     """The run's GenEval summary by evaluator ``name``: per task, overall, and compute per image."""
-    from .report import compute_summary
+    from .report import run_fields
 
-    run = files.read_json(out / "run.json")
-    if run is None:
-        raise HarnessError(f"{out} has no run.json: it is not a harness run folder (generate into it first)")
-    rows, expected = collect(out, name)
+    run = read_run(out)
+    rows, expected = collect(out, name, run)
     scored = [r for r in rows if r["correct"] is not None]
     result = summarize([(r["tag"], r["correct"]) for r in scored]) if scored else {"overall": float("nan"), "tasks": {}, "counts": {}}
     return {
         "benchmark": "geneval", "evaluator": name, "evaluator_info": evaluator_info or files.read_json(out / "results" / f"{name}.info.json") or {},
-        **{k: run["settings"][k] for k in ("model", "method", "reward", "particles", "steps", "guidance", "images_per_prompt", "seed")},
-        "options": run["settings"]["options"], "seeds": GenerationSettings.from_dict(run["settings"]).seeds(),
-        "distinct_seeds": run["settings"].get("distinct_seeds", False),
         "score": result["overall"], "overall": result["overall"], "tasks": result["tasks"], "counts": result["counts"],
         "images": len(rows), "scored": len(scored), "expected": expected, "prompts": len({r["folder"] for r in rows}),
-        **compute_summary(rows), "versions": {k: run.get(k) for k in ("steer", "diffusers", "torch")}, "run": str(out),
+        **run_fields(run, out, rows),
     }
 
 

@@ -27,6 +27,18 @@ def compute_summary(rows: Sequence[dict]) -> dict:
     }
 
 
+def run_fields(run: dict, out: Path, rows: Sequence[dict]) -> dict:
+    """The summary fields every benchmark shares: settings, seeds, compute per image, versions, the run folder."""
+    from .generation import GenerationSettings
+
+    st = run["settings"]
+    return {
+        **{k: st[k] for k in ("model", "method", "reward", "particles", "steps", "guidance", "images_per_prompt", "seed")},
+        "options": st["options"], "seeds": GenerationSettings.from_dict(st).seeds(), "distinct_seeds": st.get("distinct_seeds", False),
+        **compute_summary(rows), "versions": {k: run.get(k) for k in ("steer", "diffusers", "torch")}, "run": str(out),
+    }
+
+
 def _f(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
