@@ -177,10 +177,9 @@ def _check_model(name: str) -> None:
 
 
 def load_model(name: str, device: str):
-    """The pipeline ``--model`` names (see :func:`steer.harness.load_pipeline`), progress bars off."""
+    """The pipeline ``--model`` names (checked by :func:`_check_model`; see :func:`steer.harness.load_pipeline`)."""
     from .harness import HarnessError, load_pipeline
 
-    _check_model(name)
     try:
         return load_pipeline(name, device)
     except HarnessError as e:

@@ -367,17 +367,11 @@ def train(out: Path, student_name: str, teacher_name: str, cfg: TrainConfig, stu
 
 
 def load_model(name: str, device: str):
-    """``shapes-sd`` / ``shapes-flow`` (the shipped shapes models) or a diffusers folder / hub id."""
-    if name in ("shapes-sd", "shapes-flow"):
-        from ..shapes import load_flow_pipeline, load_pipeline
+    """``shapes-sd`` / ``shapes-flow`` (the shipped shapes models) or a diffusers folder / hub id
+    (:func:`steer.harness.load_pipeline`: one loader for the trainers, the CLI and the benchmark harness)."""
+    from ..harness import load_pipeline
 
-        pipe = load_pipeline() if name == "shapes-sd" else load_flow_pipeline()
-    else:
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained(name)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return load_pipeline(name, device)
 
 
 def load_prompt_source(prompts: Path | None, prompt_set: int | None, per_task: int) -> list[str]:
