@@ -100,23 +100,26 @@ def evaluate(out: Path, evaluator, name: str, shard: Shard = Shard(), batch_size
     return {"scored": len(todo)}
 
 
+def collect(out: Path, name: str, run: dict) -> list[dict]:
+    """Every image record with its image path and score by ``name`` (``score`` None when not scored yet)."""
+    rows = []
+    for category in run["selection"]["categories"]:
+        for path, rec in _records(out, category):
+            score = files.read_json(path.parent / name / path.name)
+            rec.update(score=None if score is None else score["score"], image_path=out / category / "samples" / rec["image"])
+            rows.append(rec)
+    return rows
+
+
 def summary(out: Path, name: str, evaluator_info: dict | None = None) -> dict:
     """Per-category mean score by evaluator ``name`` and compute per image."""
     from .report import run_fields
 
     run = read_run(out)
     st, sel = run["settings"], run["selection"]
-    rows, cats, scored = [], {}, 0
-    for category in sel["categories"]:
-        values = []
-        for path, rec in _records(out, category):
-            rows.append(rec)
-            s = files.read_json(path.parent / name / path.name)
-            if s is not None:
-                values.append(s["score"])
-        scored += len(values)
-        if values:
-            cats[category] = float(np.mean(values))
+    rows = collect(out, name, run)
+    cats = {c: float(np.mean(v)) for c in sel["categories"] if (v := [r["score"] for r in rows if r["category"] == c and r["score"] is not None])}
+    scored = sum(r["score"] is not None for r in rows)
     return {
         "benchmark": "compbench", "evaluator": name, "evaluator_info": evaluator_info or {},
         "categories": cats, "score": float(np.mean(list(cats.values()))) if cats else float("nan"),

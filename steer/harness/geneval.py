@@ -125,15 +125,15 @@ def evaluate(out: Path, evaluator: Callable, name: str, shard: Shard = Shard(), 
 
 
 def collect(out: Path, name: str, run: dict) -> tuple[list[dict], int]:
-    """Every image record with its verdict by ``name`` (``correct`` None when not scored yet), and the expected count."""
+    """Every image record with its prompt folder, image path and verdict by ``name`` (``correct`` and ``reasons``
+    None when not scored yet), and the expected image count."""
     expected = len(run["selection"]["prompt_indices"]) * run["settings"]["images_per_prompt"]
     rows = []
     for folder in prompt_folders(out):
         for rec_path in sorted((folder / "steer").glob("*.json")):
             row = json.loads(rec_path.read_text())
-            score = files.read_json(folder / "steer" / name / rec_path.name)
-            row["correct"] = None if score is None else score["correct"]
-            row["folder"] = folder.name
+            score = files.read_json(folder / "steer" / name / rec_path.name) or {}
+            row.update(correct=score.get("correct"), reasons=score.get("reasons"), folder=folder.name, image_path=folder / "samples" / row["image"])
             rows.append(row)
     return rows, expected
 

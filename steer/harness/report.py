@@ -145,25 +145,14 @@ def plot(summaries: Sequence[dict], path: str | Path, score_label: str = "score"
 def contact_sheet(summary: dict, path: str | Path, per_group: int = 4, tile: int = 128) -> Path | None:
     """A grid of a run's images (first image of the first ``per_group`` prompts of each task / category) with
     prompt and verdict (GenEval) or score (T2I-CompBench), to look at what the numbers count."""
-    import json
-
     from PIL import Image, ImageDraw
 
-    run = Path(summary["run"])
     groups: dict[str, list[tuple[Path, str, str]]] = {}
-    if summary["benchmark"] == "geneval":
-        for folder in sorted(p for p in run.iterdir() if p.is_dir() and p.name.isdigit()):
-            image, rec, score = folder / "samples" / "0000.png", folder / "steer" / "0000.json", folder / "steer" / summary["evaluator"] / "0000.json"
-            if image.is_file() and rec.is_file() and score.is_file():
-                r, v = json.loads(rec.read_text()), json.loads(score.read_text())
-                groups.setdefault(r["tag"], []).append((image, r["prompt"], "correct" if v["correct"] else "wrong: " + "; ".join(v["reasons"])))
-    else:
-        for cat in summary["categories"]:
-            for rec in sorted((run / cat / "steer").glob("*.json")):
-                r = json.loads(rec.read_text())
-                score = rec.parent / summary["evaluator"] / rec.name
-                if r["index"] == 0 and score.is_file():
-                    groups.setdefault(cat, []).append((run / cat / "samples" / r["image"], r["prompt"], f"score {json.loads(score.read_text())['score']:.3f}"))
+    for r in _scored_rows(summary):
+        if r["index"] == 0 and r["image_path"].is_file():
+            verdict = (("correct" if r["correct"] else "wrong: " + "; ".join(r["reasons"])) if summary["benchmark"] == "geneval"
+                       else f"score {r['score']:.3f}")
+            groups.setdefault(r["group"], []).append((r["image_path"], r["prompt"], verdict))
     if not groups:
         return None
     rows = list(groups.items())
@@ -183,26 +172,25 @@ def contact_sheet(summary: dict, path: str | Path, per_group: int = 4, tile: int
     return buf_path
 
 
+def _scored_rows(summary: dict) -> list[dict]:
+    """A run's scored image records (the benchmark module's ``collect``), each with ``group`` (task / category),
+    ``line`` (the prompt's place in its prompt file) and ``value`` (1/0 verdict, or score)."""
+    from . import compbench, geneval
+    from .generation import read_run
+
+    run = Path(summary["run"])
+    if summary["benchmark"] == "geneval":
+        rows = geneval.collect(run, summary["evaluator"], read_run(run))[0]
+        return [{**r, "group": r["tag"], "line": r["folder"], "value": float(r["correct"])} for r in rows if r["correct"] is not None]
+    rows = compbench.collect(run, summary["evaluator"], read_run(run))
+    return [{**r, "group": r["category"], "line": str(r["prompt_index"]), "value": r["score"]} for r in rows if r["score"] is not None]
+
+
 def per_prompt_scores(summary: dict) -> dict[tuple[str, str], tuple[str, dict[int, float]]]:
     """``{(group, line): (prompt, {seed: score})}`` of a run: GenEval verdicts (1/0) by task, CompBench scores by category."""
-    import json
-
-    run, name = Path(summary["run"]), summary["evaluator"]
     out: dict[tuple[str, str], tuple[str, dict[int, float]]] = {}
-    if summary["benchmark"] == "geneval":
-        for folder in sorted(p for p in run.iterdir() if p.is_dir() and p.name.isdigit()):
-            for rec_path in sorted((folder / "steer").glob("*.json")):
-                score = folder / "steer" / name / rec_path.name
-                if score.is_file():
-                    r, v = json.loads(rec_path.read_text()), json.loads(score.read_text())
-                    out.setdefault((r["tag"], folder.name), (r["prompt"], {}))[1][r["seed"]] = float(v["correct"])
-    else:
-        for cat in summary["categories"]:
-            for rec_path in sorted((run / cat / "steer").glob("*.json")):
-                score = rec_path.parent / name / rec_path.name
-                if score.is_file():
-                    r = json.loads(rec_path.read_text())
-                    out.setdefault((cat, str(r["prompt_index"])), (r["prompt"], {}))[1][r["seed"]] = json.loads(score.read_text())["score"]
+    for r in _scored_rows(summary):
+        out.setdefault((r["group"], r["line"]), (r["prompt"], {}))[1][r["seed"]] = r["value"]
     return out
 
 
