@@ -62,10 +62,17 @@ class GenerationSettings:
 
         if self.method != "none" and self.method not in METHODS:
             raise HarnessError(f"unknown method {self.method!r}: use none (the plain pipeline) or one of {', '.join(METHODS)}")
-        for name, lo in (("particles", 1), ("images_per_prompt", 1), ("batch_size", 1), ("seed", 0), ("steps", 1), ("max_nfe", 1)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < lo):
-                raise HarnessError(f"{name} must be an integer >= {lo}, got {value!r}")
+        from .. import validate
+
+        try:  # the engine's checks, as harness errors
+            for name, lo in (("particles", 1), ("images_per_prompt", 1), ("batch_size", 1), ("seed", 0), ("steps", 1), ("max_nfe", 1)):
+                if getattr(self, name) is not None:
+                    validate.integer(name, getattr(self, name), lo)
+            for name, lo in (("guidance", None), ("eta", 0.0)):
+                if getattr(self, name) is not None:
+                    validate.real(name, getattr(self, name), lo)
+        except (TypeError, ValueError) as e:
+            raise HarnessError(str(e)) from None
         if self.method == "none" and (self.max_nfe is not None or self.eta is not None or self.options):
             raise HarnessError("--max-nfe, --eta and --option set a steer method's search; --method none (the plain pipeline) takes none of them")
         if self.method != "none" and self.reward is None:
