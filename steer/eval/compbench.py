@@ -264,16 +264,11 @@ class ClipScorer:
     """
 
     def __init__(self, model: str | Path = "ViT-B-32", pretrained: str | None = "openai", device: str | torch.device = "cpu"):
-        import open_clip
-
-        from steer.rewards.clip import load_open_clip
+        from steer.rewards.clip import load_open_clip, pil_transform
 
         self.model_id, self.pretrained = str(model), pretrained
         self.model, self.tokenizer, cfg = load_open_clip(model, pretrained, device)
-        self.transform = open_clip.image_transform(
-            cfg.get("size", self.model.visual.image_size), is_train=False, mean=cfg.get("mean"), std=cfg.get("std"),
-            resize_mode=cfg.get("resize_mode"), interpolation=cfg.get("interpolation"), fill_color=cfg.get("fill_color", 0),
-        )
+        self.transform = pil_transform(self.model, cfg)
         self.device = torch.device(device)
 
     @torch.no_grad()

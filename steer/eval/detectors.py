@@ -295,9 +295,7 @@ class ClipColorClassifier:
         background: str = BACKGROUND,
         batch_size: int = 16,
     ):
-        import open_clip
-
-        from ..rewards.clip import load_open_clip
+        from ..rewards.clip import load_open_clip, pil_transform
 
         name = str(model)
         as_path = "/" in name or name.startswith((".", "~"))
@@ -312,11 +310,7 @@ class ClipColorClassifier:
         self.model, self.tokenizer, cfg = load_open_clip(str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name, pretrained, self.device)
         if dtype is not None:
             self.model.to(dtype)
-        size = cfg.get("size", self.model.visual.image_size)
-        self.transform = open_clip.image_transform(
-            size, is_train=False, mean=cfg.get("mean"), std=cfg.get("std"), resize_mode=cfg.get("resize_mode"),
-            interpolation=cfg.get("interpolation"), fill_color=cfg.get("fill_color", 0),
-        )
+        self.transform = pil_transform(self.model, cfg)
         self._text: dict[str, torch.Tensor] = {}
 
     @torch.inference_mode()

@@ -275,7 +275,7 @@ class ImageMaker:
 
 
 def generate(jobs: Iterable[Job], maker: Callable[[str, Sequence[int]], list[tuple[Any, dict]]], batch_size: int = 1,
-             progress: bool = True, on_image: Callable[[Job, Slot, dict], None] | None = None) -> dict:
+             progress: bool = True) -> dict:
     """Make every missing slot of ``jobs`` (atomic image, then atomic record); return counts ``{"made", "skipped"}``."""
     from tqdm.auto import tqdm
 
@@ -299,8 +299,6 @@ def generate(jobs: Iterable[Job], maker: Callable[[str, Sequence[int]], list[tup
                     files.save_image(slot.image, image)
                     record = {"prompt": job.prompt, "index": slot.index, "image": slot.image.name, **job.extra, **info}
                     files.write_json(slot.record, record)
-                    if on_image is not None:
-                        on_image(job, slot, record)
                     made += 1
                     bar.update(1)
                     if "reward" in info and info["reward"] is not None:

@@ -44,6 +44,16 @@ def load_open_clip(model: str | Path, pretrained: str | None, device: str | torc
     return net, tokenizer, dict(open_clip.get_model_preprocess_cfg(net))
 
 
+def pil_transform(model, cfg: dict):
+    """open_clip's eval transform (PIL image → normalised tensor) for ``model`` and its preprocess ``cfg``."""
+    import open_clip
+
+    return open_clip.image_transform(
+        cfg.get("size", model.visual.image_size), is_train=False, mean=cfg.get("mean"), std=cfg.get("std"),
+        resize_mode=cfg.get("resize_mode"), interpolation=cfg.get("interpolation"), fill_color=cfg.get("fill_color", 0),
+    )
+
+
 class OpenCLIPScore(Reward):
     """Cosine similarity of open_clip image and text embeddings, times ``scale`` (CLIPScore).
 
