@@ -227,3 +227,22 @@ def test_geneval_seed_schemes(tmp_path):
     assert distinct.seeds(7) == [38, 39, 40, 41]  # seed + line · 4 + k
     jobs = hg.jobs(tmp_path, [(5, TINY[0])], distinct)
     assert [s.seed for s in jobs[0].slots] == [30, 31, 32, 33]
+
+
+def test_geneval_plain_images_equal_direct_pipeline_calls(tmp_path):
+    """--method none is the unmodified pipeline: the saved PNG equals a direct call with the recorded seed."""
+    import numpy as np
+    from PIL import Image
+
+    from steer.harness import load_pipeline
+    from steer.shapes import load_prompts
+
+    out = tmp_path / "plain"
+    assert main(["geneval", "generate", "--metadata", "shapes", "--per-task", "1", "--tasks", "position", "--images-per-prompt", "2",
+                 "--model", "shapes-sd", "--steps", "3", "--guidance", "5", "--seed", "7", "--no-progress", "--out", str(out)]) == 0
+    pipe = load_pipeline("shapes-sd")
+    line = int(hg.prompt_folders(out)[0].name)
+    direct = pipe(load_prompts()[line]["prompt"], num_inference_steps=3, guidance_scale=5.0, generator=[torch.Generator().manual_seed(8)],
+                  output_type="pil").images[0]
+    with Image.open(out / f"{line:05d}" / "samples" / "0001.png") as saved:
+        assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(direct))

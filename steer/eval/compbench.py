@@ -162,9 +162,7 @@ class BlipVqaScorer:
     ):
         from transformers import BlipForQuestionAnswering, BlipProcessor
 
-        from steer.rewards.weights import hub_access, weights_not_found
-
-        from steer.rewards.weights import RewardWeightsNotFound
+        from steer.rewards.weights import RewardWeightsNotFound, hub_access, weights_not_found
 
         self.model_id = str(model)
         path = Path(self.model_id).expanduser()
