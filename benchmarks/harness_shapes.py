@@ -7,6 +7,8 @@ through exactly the code a user runs on SD / FLUX (``python -m steer.harness``),
                 seeds), best-of-4, SMC×4;  shapes-flow plain
 
     python benchmarks/harness_shapes.py --runs runs/harness --out results/harness_shapes
+
+and pairs SMC×4 with best-of-4 at equal NFE (``smc4_vs_bon4.json``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,21 @@ def main(argv=None) -> int:
                       "--threads", str(a.threads), "--no-progress", "--out", str(a.runs / name)])
         if rc:
             return rc
-    return harness(["report", *[str(a.runs / n) for n in names], "--out", str(a.out)])
+    rc = harness(["report", *[str(a.runs / n) for n in names], "--out", str(a.out)])
+    if rc or not {"sd_smc4", "sd_bon4"} <= set(names):
+        return rc
+    # the equal-compute comparison (the report pairs every run with the first, the plain one)
+    from steer.harness import files
+    from steer.harness.report import paired_difference
+
+    runs = {}
+    for n in ("sd_smc4", "sd_bon4"):
+        runs[n] = {**files.read_json(a.runs / n / "results" / "shapes.json"), "run": str(a.runs / n)}
+    pair = paired_difference(runs["sd_smc4"], runs["sd_bon4"])
+    files.write_json(a.out / "smc4_vs_bon4.json", pair)
+    print(f"SMC×4 − best-of-4 at equal NFE: {pair['diff']:+.3f} [{pair['low']:+.3f}, {pair['high']:+.3f}] ({pair['verdict']}, "
+          f"{pair['prompts']} distinct prompts)")
+    return 0
 
 
 if __name__ == "__main__":
