@@ -114,6 +114,10 @@ def test_compbench_resume_skips_done_and_bad_input(tmp_path, prompts_dir, capsys
     assert main([*args[:5], "colour", *args[6:]]) == 2
     assert "unknown T2I-CompBench category colour" in capsys.readouterr().err
     assert main([*args, "--limit", "0"]) == 2 and "--limit must be >= 1" in capsys.readouterr().err
+    # missing evaluator weights are one line, not a traceback
+    assert main(["compbench", "evaluate", "--out", str(out), "--blip", str(tmp_path / "no_blip"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "no_blip") in err and err.count("\n") == 1
     assert main(["compbench", "run", "--prompts-dir", str(tmp_path / "none"), "--categories", "color", "--model", "shapes-sd", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "none") in err and err.count("\n") == 1

@@ -184,6 +184,8 @@ def test_geneval_official_metadata_selection():
     (["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--per-task", "0"], "--per-task must be >= 1"),
     (["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--method", "smc", "--eta", "-1"], "eta must be >= 0"),
     (["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--guidance", "nan"], "guidance must be a finite number"),
+    (["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--reward", "nosuch"], "unknown reward 'nosuch'"),
+    (["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--height", "-8"], "height must be an integer >= 1"),
     (["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--eval-batch", "0"], "--eval-batch must be >= 1"),
     (["geneval", "run", "--metadata", "shapes", "--model", "shapes-sd", "--threads", "0"], "--threads must be >= 1"),
     (["geneval", "evaluate"], "--out"),

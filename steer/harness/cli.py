@@ -320,6 +320,7 @@ def report(a) -> int:
 
 def main(argv=None) -> int:
     from ..eval.geneval import MetadataError
+    from ..rewards.weights import RewardWeightsNotFound
 
     parser = build_parser()
     try:
@@ -332,7 +333,8 @@ def main(argv=None) -> int:
         if a.step is None:
             parser.parse_args([a.benchmark, "--help"])
         return run_benchmark(a)
-    except (HarnessError, MetadataError, FileNotFoundError) as e:
+    except (HarnessError, MetadataError, RewardWeightsNotFound, OSError, NotImplementedError) as e:
+        # bad input, missing model weights (a spaCy pipeline not installed raises OSError), a category not implemented
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -65,7 +65,8 @@ class GenerationSettings:
         from .. import validate
 
         try:  # the engine's checks, as harness errors
-            for name, lo in (("particles", 1), ("images_per_prompt", 1), ("batch_size", 1), ("seed", 0), ("steps", 1), ("max_nfe", 1)):
+            for name, lo in (("particles", 1), ("images_per_prompt", 1), ("batch_size", 1), ("seed", 0), ("steps", 1), ("max_nfe", 1),
+                             ("height", 1), ("width", 1)):
                 if getattr(self, name) is not None:
                     validate.integer(name, getattr(self, name), lo)
             for name, lo in (("guidance", None), ("eta", 0.0)):
@@ -81,6 +82,11 @@ class GenerationSettings:
             else:
                 raise HarnessError(f"method {self.method!r} searches with a reward: pass one (e.g. --reward imagereward); "
                                    "steer.rewards.available_rewards() lists them")
+        if isinstance(self.reward, str):
+            from ..rewards import available_rewards
+
+            if self.reward.lower() not in available_rewards() and not self.reward.lower().startswith("noise_aware:"):
+                raise HarnessError(f"unknown reward {self.reward!r}; known rewards: {', '.join(available_rewards())}, or noise_aware:PATH")
         if self.scheduler is not None:
             import diffusers
 
